@@ -1,0 +1,93 @@
+"""`tensorgrade audit`: prove an assignment's tests grade what they should.
+
+Grades the solution (must get full marks), the untouched student notebook (must get 0) and every
+mutant (must lose points on exactly the questions it names), and lists hidden tests that no mutant
+fails: such a test checks nothing we can show.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .course import Assignment
+from .grading import GradeOptions, file_sha256, grade_one
+from .mutants import load_mutants, submissions
+from .results import SubmissionResult
+from .submissions import Submission
+from .testfiles import load_tests
+
+
+@dataclass
+class AuditReport:
+    assignment: str
+    results: dict[str, SubmissionResult]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def lost_questions(r: SubmissionResult) -> set[str]:
+    return {q for q, (s, m) in r.question_scores().items() if s < m - 1e-9}
+
+
+def audit(a: Assignment, engine: str = "otter", jobs: int = 2) -> AuditReport:
+    specs = load_tests(a.tests_dir)
+    subs = submissions(a)
+    ag = file_sha256(a.autograder_zip)
+    opts = GradeOptions(engine=engine, progress=False)
+    with tempfile.TemporaryDirectory(prefix="tg-audit-") as tmp:
+        paths = {}
+        for name, data in subs.items():
+            p = Path(tmp) / f"{name}.ipynb"
+            p.write_bytes(data)
+            paths[name] = p
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futs = {
+                n: pool.submit(grade_one, a, specs, Submission(n, p), opts, ag)
+                for n, p in paths.items()
+            }
+            results = {n: f.result() for n, f in futs.items()}
+    report = AuditReport(a.id, results)
+    sol, blank = results["solution"], results["blank"]
+    if sol.status != "graded" or sol.score != sol.max_score:
+        failed = [f"{t.question}:{t.name}" for t in sol.tests if not t.passed]
+        report.problems.append(f"solution scores {sol.score:g}/{sol.max_score:g}; fails {failed}")
+    if blank.status != "graded" or blank.score != 0:
+        report.problems.append(f"blank notebook scores {blank.score:g} (status {blank.status})")
+    total = sum(s.points for s in specs)
+    mutants = load_mutants(a.mutants) if a.mutants.is_file() else []
+    for m in mutants:
+        r = results[f"mutant-{m.name}"]
+        lost = lost_questions(r)
+        if lost != set(m.loses):
+            report.problems.append(
+                f"mutant {m.name}: loses {sorted(lost) or 'nothing'}, expected {sorted(m.loses)}"
+            )
+    killed = {
+        (t.question, t.name)
+        for m in mutants
+        for t in results[f"mutant-{m.name}"].tests
+        if not t.passed
+    }
+    for s in specs:
+        if s.hidden and (s.question, s.name) not in killed:
+            report.problems.append(f"hidden test {s.question}:{s.name} fails no mutant")
+    if abs(total - 100) > 1e-9:
+        report.problems.append(f"assignment is worth {total:g} points, expected 100")
+    return report
+
+
+def format_report(report: AuditReport) -> str:
+    lines = [f"audit of {report.assignment}"]
+    for name, r in report.results.items():
+        lost = ",".join(sorted(lost_questions(r))) or "-"
+        lines.append(
+            f"  {name:<40} {r.score:6.2f}/{r.max_score:g}  lost: {lost}  ({r.execution_time:.1f} s)"
+        )
+    lines += [f"  PROBLEM: {p}" for p in report.problems] or ["  all checks passed"]
+    return "\n".join(lines)

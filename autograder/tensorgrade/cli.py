@@ -1,0 +1,176 @@
+"""The `tensorgrade` command: build assignments, grade submissions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import BuildError, build_one, stale_files, write_student
+    from .course import find_root, get_assignments
+
+    root = find_root()
+    try:
+        assignments = get_assignments(root, args.ids)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    if not assignments:
+        print(f"error: no master notebooks under {root / 'solutions'}", file=sys.stderr)
+        return 2
+    stale_all = []
+    for a in assignments:
+        t0 = time.monotonic()
+        try:
+            built = build_one(a, write_dist=not args.check)
+        except BuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if args.check:
+            stale = stale_files(built)
+            stale_all += stale
+            state = "stale" if stale else "up to date"
+            print(f"{a.id}: {state} ({time.monotonic() - t0:.1f} s)")
+        else:
+            written = write_student(built)
+            what = f"wrote {len(written)} student file(s)" if written else "student files unchanged"
+            print(f"{a.id}: {what}; dist/{a.id}/ ready ({time.monotonic() - t0:.1f} s)")
+    if stale_all:
+        for p in stale_all:
+            print(f"stale: {p.relative_to(root)}", file=sys.stderr)
+        print("run `tensorgrade build` and commit the student notebooks", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from .course import find_root
+    from .grading import GradeOptions, grade_batch
+
+    root = find_root()
+    opts = GradeOptions(
+        engine=args.engine,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    try:
+        results = grade_batch(root, args.paths, args.output, opts, args.assignment)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    width = max(len(r.submission) for r in results)
+    for r in results:
+        line = f"{r.submission:<{width}}  {r.score:6.2f} / {r.max_score:g}  {r.status}"
+        if r.status != "graded":
+            line += f": {r.reason.splitlines()[0] if r.reason else ''}"
+        print(line)
+    print(f"results in {args.output}/ (grades.csv, <submission>/results.json)")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import audit, format_report
+    from .course import find_root, get_assignments
+
+    root = find_root()
+    try:
+        assignments = get_assignments(root, args.ids)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    ok = True
+    for a in assignments:
+        if not a.autograder_zip.is_file():
+            print(f"error: {a.id} is not built: run `tensorgrade build {a.id}`", file=sys.stderr)
+            return 2
+        print(f"{a.id}: grading solution, blank notebook and mutants ...", file=sys.stderr)
+        report = audit(a, engine=args.engine, jobs=args.jobs)
+        print(format_report(report))
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tensorgrade",
+        description="Build the student notebooks of a PyTorch course and grade submissions.",
+        epilog="Run `tensorgrade COMMAND --help` for the options of each command.",
+    )
+    p.add_argument("--version", action="version", version=f"tensorgrade {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser(
+        "build",
+        help="make student notebooks and autograder bundles from the masters",
+        description=(
+            "Run otter assign on each master notebook solutions/<id>/<id>.ipynb. Writes the "
+            "student notebook to assignments/<id>/ (commit it) and the solution notebook, test "
+            "files and autograder.zip to dist/<id>/ (build output, not committed). Builds are "
+            "byte-identical when nothing changed."
+        ),
+    )
+    b.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
+    b.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and name the files if committed student notebooks are stale",
+    )
+    b.set_defaults(func=_build)
+
+    g = sub.add_parser(
+        "grade",
+        help="grade submitted notebooks",
+        description=(
+            "Grade notebooks (files, or folders searched recursively) against the built "
+            "autograder. Writes OUTPUT/<submission>/results.json (Gradescope format) and "
+            "OUTPUT/grades.csv. Submissions already graded with the same content and autograder "
+            "are not regraded, so an interrupted batch can simply be run again."
+        ),
+    )
+    g.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="notebook or folder")
+    g.add_argument("-a", "--assignment", metavar="ID", help="assignment id (default: inferred)")
+    g.add_argument("-o", "--output", type=Path, default=Path("results"), help="default: results/")
+    g.add_argument(
+        "--engine",
+        choices=["otter"],
+        default="otter",
+        help="otter: otter's own runner (hidden tests run in the student's kernel)",
+    )
+    g.add_argument("-j", "--jobs", type=int, default=1, help="submissions graded at once")
+    g.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds per submission (default 900)"
+    )
+    g.add_argument("--force", action="store_true", help="regrade even if a result is up to date")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_grade)
+
+    au = sub.add_parser(
+        "audit",
+        help="check that the tests of an assignment grade what they should",
+        description=(
+            "Grade the solution (must score full marks), the blank student notebook (must score "
+            "0) and every mutant in solutions/<id>/mutants.yml (must lose points on exactly the "
+            "questions it names); report hidden tests that no mutant fails. Exit 1 on a problem."
+        ),
+    )
+    au.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
+    au.add_argument("--engine", choices=["otter"], default="otter")
+    au.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once")
+    au.set_defaults(func=_audit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
