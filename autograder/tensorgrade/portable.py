@@ -1,0 +1,59 @@
+"""Functions that a test can hand to student code, described by data only.
+
+A test that needs to pass a function into the student's code (an operator K for a matrix-free
+solver, an f whose Jacobian the student builds) uses ``Portable("name", **params)``. It is called
+like a function and counts its calls. Because it is a registry name plus tensors and numbers, the
+trusted grader can send it to the sandbox, which rebuilds it from the same registry (and reports the
+call count back) — no code crosses the boundary.
+
+Add a function by decorating it with ``@register``; parameters must be data (tensors, numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if fn.__name__ in REGISTRY:
+        raise ValueError(f"portable function {fn.__name__!r} registered twice")
+    REGISTRY[fn.__name__] = fn
+    return fn
+
+
+class Portable:
+    """A registered function with bound parameters; ``calls`` counts how often it was called."""
+
+    def __init__(self, name: str, **params: Any):
+        if name not in REGISTRY:
+            raise KeyError(f"no portable function {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        self.name = name
+        self.params = params
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return REGISTRY[self.name](*args, **kwargs, **self.params)
+
+    def __repr__(self) -> str:
+        return f"Portable({self.name!r})"
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+
+@register
+def matvec(x: torch.Tensor, *, A: torch.Tensor) -> torch.Tensor:
+    """x -> A x (batched over leading axes of x), in the dtype and device of x."""
+    return x @ A.to(dtype=x.dtype, device=x.device).mT
+
+
+@register
+def sin_of_linear(x: torch.Tensor, *, A: torch.Tensor) -> torch.Tensor:
+    """x -> sin(A x): a smooth nonlinear map R^n -> R^m with Jacobian diag(cos(A x)) A."""
+    return torch.sin(x @ A.to(dtype=x.dtype, device=x.device).mT)
