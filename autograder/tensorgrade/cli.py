@@ -97,6 +97,27 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _examples(args: argparse.Namespace) -> int:
+    from .course import find_root, get_assignments
+    from .mutants import submissions
+
+    root = find_root()
+    try:
+        (a,) = get_assignments(root, [args.id])
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    if not a.solution.is_file():
+        print(f"error: {a.id} is not built: run `tensorgrade build {a.id}`", file=sys.stderr)
+        return 2
+    args.output.mkdir(parents=True, exist_ok=True)
+    subs = submissions(a)
+    for name, data in subs.items():
+        (args.output / f"{name}.ipynb").write_bytes(data)
+    print(f"wrote {len(subs)} example submissions for {a.id} to {args.output}/")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorgrade",
@@ -164,6 +185,19 @@ def make_parser() -> argparse.ArgumentParser:
     au.add_argument("--engine", choices=["otter"], default="otter")
     au.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once")
     au.set_defaults(func=_audit)
+
+    ex = sub.add_parser(
+        "examples",
+        help="write example submissions (solution, blank, mutants) to try the grader on",
+        description=(
+            "Write the built solution, the untouched student notebook and one notebook per "
+            "mutant in solutions/<id>/mutants.yml to OUTPUT, named solution.ipynb, blank.ipynb "
+            "and mutant-<name>.ipynb. Contains solutions: keep it away from students."
+        ),
+    )
+    ex.add_argument("id", metavar="ID", help="assignment id")
+    ex.add_argument("-o", "--output", type=Path, required=True, help="folder to write to")
+    ex.set_defaults(func=_examples)
     return p
 
 

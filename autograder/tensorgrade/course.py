@@ -65,7 +65,9 @@ class Assignment:
 
 
 def all_assignments(root: Path) -> list[Assignment]:
-    ids = sorted(p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file())
+    ids = sorted(
+        p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file()
+    )
     return [Assignment(i, root) for i in ids]
 
 

@@ -18,8 +18,13 @@ from tqdm import tqdm
 
 from . import otter_engine
 from .course import Assignment, all_assignments
-from .results import SubmissionResult, atomic_write_text, grades_csv, read_results_json
-from .results import write_results_json
+from .results import (
+    SubmissionResult,
+    atomic_write_text,
+    grades_csv,
+    read_results_json,
+    write_results_json,
+)
 from .submissions import Submission, Ungradable, read_bytes, sha256
 from .testfiles import TestSpec, load_tests
 
@@ -117,7 +122,9 @@ def grade_batch(
     if results:
         log(f"reusing {len(results)} result(s) already graded with the same autograder")
 
-    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr
+    )
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         futs = {pool.submit(grade_one, a, specs[a.id], s, opts, ag[a.id]): s for a, s in todo}
         for fut in as_completed(futs):

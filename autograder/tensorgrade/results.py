@@ -21,6 +21,8 @@ HIDDEN = "after_published"
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest class
+
     question: str
     name: str  # the test function's name, e.g. test_gaussian_normalised
     score: float

@@ -74,7 +74,9 @@ def parse_notebook(data: bytes, name: str) -> dict:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise Ungradable(f"{name} is not UTF-8 text (byte {e.start}): it may be corrupted") from None
+        raise Ungradable(
+            f"{name} is not UTF-8 text (byte {e.start}): it may be corrupted"
+        ) from None
     try:
         nb = json.loads(text)
     except json.JSONDecodeError as e:

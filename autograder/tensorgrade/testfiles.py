@@ -5,15 +5,17 @@ These files hold hidden tests; only the grader (never a student's process) reads
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from otter.test_files.exception_test import ExceptionTestFile
 
 
 @dataclass(frozen=True)
 class TestSpec:
+    __test__ = False  # not a pytest class
+
     question: str
     index: int  # 1-based position in the question, as otter numbers them ("q1 - 2")
     name: str  # the test function's name

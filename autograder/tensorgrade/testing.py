@@ -239,7 +239,7 @@ def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, tuple]:
     wrt = [x for x in xs if _needs_grad(x)]
     pairs = [
         (o, c.to(dtype=o.dtype, device=o.device))
-        for o, c in zip(outs, cotangents)
+        for o, c in zip(outs, cotangents, strict=False)
         if isinstance(o, torch.Tensor) and o.requires_grad
     ]
     if pairs and wrt:
@@ -309,7 +309,7 @@ def check_vjp(
     v = randn(*first.shape, seed=seed)
     _, got = vjp(fn, primals, (v,))
     want = fd_vjp(fn, primals, v)
-    for i, (gg, ww) in enumerate(zip(got, want)):
+    for i, (gg, ww) in enumerate(zip(got, want, strict=True)):
         if ww is None:
             continue
         assert_close(gg, ww, rtol=rtol, check_device=False, what=f"{what} for input {i}")

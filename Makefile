@@ -1,0 +1,38 @@
+# One command each: `make demo` (set up, build, grade example submissions) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TG := $(VENV)/bin/tensorgrade
+DEMO := dist/demo
+
+.PHONY: setup build demo test test-fast lint clean
+
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	$(TG) build
+
+demo: build
+	rm -rf $(DEMO)
+	$(TG) examples 01_tensors -o $(DEMO)/submissions
+	$(TG) grade $(DEMO)/submissions -a 01_tensors -o $(DEMO)/results --engine otter -j 2
+	@echo; $(PY) -c "import csv,sys; [print(*(c[:22].ljust(22) for c in r[:5])) for r in csv.reader(open(sys.argv[1]))]" $(DEMO)/results/grades.csv
+
+lint: setup
+	$(VENV)/bin/ruff check autograder tests bench
+	$(VENV)/bin/ruff format --check autograder tests bench
+
+test: lint
+	$(PY) -m pytest --durations=15
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf dist results .pytest_cache .ruff_cache
