@@ -7,6 +7,7 @@ fails: such a test checks nothing we can show.
 
 from __future__ import annotations
 
+import queue
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ def lost_questions(r: SubmissionResult) -> set[str]:
     return {q for q, (s, m) in r.question_scores().items() if s < m - 1e-9}
 
 
-def audit(a: Assignment, engine: str = "otter", jobs: int = 2) -> AuditReport:
+def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
     specs = load_tests(a.tests_dir)
     subs = submissions(a)
     ag = file_sha256(a.autograder_zip)
@@ -46,11 +47,19 @@ def audit(a: Assignment, engine: str = "otter", jobs: int = 2) -> AuditReport:
             p = Path(tmp) / f"{name}.ipynb"
             p.write_bytes(data)
             paths[name] = p
+        slots: queue.Queue[int] = queue.Queue()
+        for k in range(jobs):
+            slots.put(k)
+
+        def run(n: str, p: Path) -> SubmissionResult:
+            slot = slots.get()  # one sandbox uid per slot: never shared by two at once
+            try:
+                return grade_one(a, specs, Submission(n, p), opts, ag, slot)
+            finally:
+                slots.put(slot)
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futs = {
-                n: pool.submit(grade_one, a, specs, Submission(n, p), opts, ag)
-                for n, p in paths.items()
-            }
+            futs = {n: pool.submit(run, n, p) for n, p in paths.items()}
             results = {n: f.result() for n, f in futs.items()}
     report = AuditReport(a.id, results)
     sol, blank = results["solution"], results["blank"]

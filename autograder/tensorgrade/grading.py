@@ -28,12 +28,12 @@ from .results import (
 from .submissions import Submission, Ungradable, read_bytes, sha256
 from .testfiles import TestSpec, load_tests
 
-ENGINES = ("otter",)
+ENGINES = ("trusted", "otter")
 
 
 @dataclass
 class GradeOptions:
-    engine: str = "otter"
+    engine: str = "trusted"
     jobs: int = 1
     timeout: float = 900.0
     force: bool = False
@@ -64,7 +64,51 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def grade_one(a: Assignment, specs: list[TestSpec], sub: Submission, opts: GradeOptions, ag: str):
+def load_limits(a: Assignment):
+    """Per-assignment limits from ``solutions/<id>/grading.yml`` (optional)."""
+    import yaml
+
+    from .judge.sandbox import Limits
+
+    path = a.master.parent / "grading.yml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return Limits.from_dict(data or {})
+
+
+def hidden_paths(a: Assignment, extra: list[Path]) -> list[str]:
+    """What the sandbox must not see: masters, build output, results, other submissions.
+
+    A path that contains the interpreter, the package or the temp dir (where sandboxes live)
+    cannot be covered; the container layout keeps those apart.
+    """
+    import tempfile
+
+    keep = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(__file__).parent,
+        Path(tempfile.gettempdir()),
+        a.student_dir,
+    ]
+    out = []
+    for p in [a.root / "solutions", a.root / "dist", *extra]:
+        p = p.resolve()
+        if any(k.resolve() == p or p in k.resolve().parents for k in keep):
+            continue
+        if p.is_dir() and str(p) not in out:
+            out.append(str(p))
+    return out
+
+
+def grade_one(
+    a: Assignment,
+    specs: list[TestSpec],
+    sub: Submission,
+    opts: GradeOptions,
+    ag: str,
+    slot: int = 0,
+    hide: list[Path] | None = None,
+):
     try:
         data = read_bytes(sub.path)
     except (Ungradable, OSError) as e:
@@ -72,7 +116,21 @@ def grade_one(a: Assignment, specs: list[TestSpec], sub: Submission, opts: Grade
         res.tests = [otter_engine._zero(s, str(e)) for s in specs]
         res.autograder_sha256 = ag
         return res
-    res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)
+    if opts.engine == "trusted":
+        from .judge import engine
+
+        res = engine.grade(
+            data,
+            sub.path.name,
+            a.id,
+            specs,
+            limits=load_limits(a),
+            hide=hidden_paths(a, [sub.path.parent, *(hide or [])]),
+            files_from=a.student_dir,
+            slot=slot,
+        )
+    else:
+        res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)
     res.assignment, res.submission = a.id, sub.key
     res.source_sha256, res.autograder_sha256 = sha256(data), ag
     return res

@@ -57,3 +57,43 @@ def matvec(x: torch.Tensor, *, A: torch.Tensor) -> torch.Tensor:
 def sin_of_linear(x: torch.Tensor, *, A: torch.Tensor) -> torch.Tensor:
     """x -> sin(A x): a smooth nonlinear map R^n -> R^m with Jacobian diag(cos(A x)) A."""
     return torch.sin(x @ A.to(dtype=x.dtype, device=x.device).mT)
+
+
+@register
+def quadratic_form(x: torch.Tensor, *, A: torch.Tensor) -> torch.Tensor:
+    """x -> x^T A x / 2 (a scalar): gradient (A + A^T) x / 2, Hessian (A + A^T) / 2."""
+    A = A.to(dtype=x.dtype, device=x.device)
+    return 0.5 * (x * (A @ x)).sum()
+
+
+@register
+def rosenbrock(x: torch.Tensor, *, a: float = 100.0) -> torch.Tensor:
+    """The chained Rosenbrock function sum_i a (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 (a scalar)."""
+    return (a * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+
+
+@register
+def tanh_chain(x: torch.Tensor, *, W: torch.Tensor) -> torch.Tensor:
+    """x -> tanh(W[L-1] ... tanh(W[0] x)): a deep chain of L layers, W of shape (L, n, n)."""
+    W = W.to(dtype=x.dtype, device=x.device)
+    for k in range(W.shape[0]):
+        x = torch.tanh(x @ W[k].mT)
+    return x
+
+
+# --- Assignment 3 (inverse problems) ----------------------------------------------------------------
+
+
+@register
+def convolve1d(x: torch.Tensor, *, kernel: torch.Tensor) -> torch.Tensor:
+    """x -> K x: zero-boundary convolution along the last axis, (K x)_i = sum_j k[i - j + r] x_j.
+
+    ``kernel`` has odd length 2r + 1 and need not be symmetric (so K differs from K^T). Batched over
+    the leading axes of x; dtype and device follow x; differentiable (its VJP applies K^T).
+    """
+    k = kernel.to(dtype=x.dtype, device=x.device)
+    r = (k.numel() - 1) // 2
+    y = torch.nn.functional.conv1d(
+        x.reshape(-1, 1, x.shape[-1]), k.flip(-1).reshape(1, 1, -1), padding=r
+    )
+    return y.reshape(x.shape)

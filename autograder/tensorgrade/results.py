@@ -58,11 +58,11 @@ class SubmissionResult:
 
     @property
     def score(self) -> float:
-        return sum(t.score for t in self.tests)
+        return round(sum(t.score for t in self.tests), 9)
 
     @property
     def max_score(self) -> float:
-        return sum(t.max_score for t in self.tests)
+        return round(sum(t.max_score for t in self.tests), 9)
 
     def question_scores(self) -> dict[str, tuple[float, float]]:
         """question -> (score, max_score)."""

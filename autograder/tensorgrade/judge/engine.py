@@ -1,0 +1,212 @@
+"""The trusted engine: the student's cells run in a sandbox; tests run here, on proxies."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..results import SubmissionResult, TestResult
+from ..submissions import Ungradable, cell_source, parse_notebook
+from ..testfiles import TestSpec
+from .proxy import Proxy, StudentError
+from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, can_confine
+from .source import definition_source
+
+# Lines otter adds to student notebooks; the trusted engine does not need otter in the sandbox.
+_OTTER_LINE = re.compile(
+    r"^\s*(# Initialize Otter|import otter|grader\s*=\s*otter\.Notebook\(.*\)|"
+    r"grader\.check(_all)?\(.*\)|grader\.export\(.*\))\s*$"
+)
+_STDOUT_TOTAL = 50_000
+_warned_reduced = False
+
+
+def strip_otter(source: str) -> str:
+    return "\n".join("" if _OTTER_LINE.match(ln) else ln for ln in source.splitlines()).strip()
+
+
+@dataclass
+class Session:
+    """One submission's sandbox, restartable: a crash replays the cells that ran fine."""
+
+    limits: Limits
+    hide: list[str]
+    files_from: Path | None
+    slot: int
+    cells: list[str]
+    sandbox: Sandbox | None = None
+    good_cells: list[str] = field(default_factory=list)
+    hidden_inputs_sent: bool = False
+    restart_needed: str = ""
+
+    def start(self) -> None:
+        self.sandbox = Sandbox(self.slot, self.limits, self.hide, self.files_from)
+        self.sandbox.start()
+
+    def restart(self, deadline: float) -> None:
+        self.close()
+        self.start()
+        for src in self.good_cells:
+            self.sandbox.request(
+                {"op": "run", "source": src}, max(1.0, deadline - time.monotonic())
+            )
+        self.restart_needed = ""
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+
+    def definition_source(self, name: str) -> str | None:
+        return definition_source(self.cells, name)
+
+
+def _wrong_assignment(nb: dict, assignment_id: str) -> str | None:
+    for cell in nb["cells"][:5]:
+        m = re.search(r'otter\.Notebook\("([\w.-]+)\.ipynb"\)', cell_source(cell))
+        if m and m.group(1) != assignment_id:
+            return m.group(1)
+    return None
+
+
+def _feedback(e: BaseException) -> str:
+    if isinstance(e, (AssertionError, StudentError)):
+        msg = str(e).strip() or "the check failed"
+    else:
+        msg = f"{type(e).__name__}: {e}"
+    return msg[:1500]
+
+
+def grade(
+    nb_bytes: bytes,
+    name: str,
+    assignment_id: str,
+    specs: list[TestSpec],
+    *,
+    limits: Limits,
+    hide: list[str],
+    files_from: Path | None = None,
+    slot: int = 0,
+) -> SubmissionResult:
+    global _warned_reduced
+    start = time.monotonic()
+    result = SubmissionResult(assignment_id, name, "trusted", "graded")
+    result.isolation = "full" if can_confine() else "reduced"
+    if result.isolation == "reduced" and not _warned_reduced:
+        print(
+            "WARNING: not running as root: student code runs WITHOUT namespaces or a separate "
+            "uid (isolation: reduced). Grade in the container for full isolation.",
+            file=sys.stderr,
+        )
+        _warned_reduced = True
+
+    def zero_all(why: str) -> SubmissionResult:
+        result.status, result.reason = "ungradable", why
+        result.tests = [
+            TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden) for s in specs
+        ]
+        result.execution_time = time.monotonic() - start
+        return result
+
+    try:
+        nb = parse_notebook(nb_bytes, name)
+    except Ungradable as e:
+        return zero_all(str(e))
+    ks = nb.get("metadata", {}).get("kernelspec")
+    if not isinstance(ks, dict) or not ks.get("name"):
+        return zero_all(
+            f"{name} has no kernelspec: open it in Jupyter, choose the Python 3 kernel, save, "
+            "and resubmit"
+        )
+    if "python" not in (str(ks.get("language", "python")) + str(ks.get("name"))).lower():
+        return zero_all(f"{name} uses the kernel {ks.get('name')!r}, not Python")
+    other = _wrong_assignment(nb, assignment_id)
+    if other:
+        return zero_all(f"{name} is the notebook of {other}, not {assignment_id}")
+
+    cells = [strip_otter(cell_source(c)) for c in nb["cells"] if c.get("cell_type") == "code"]
+    deadline = start + limits.submission_timeout
+    notes: list[str] = []
+    stdout: list[str] = []
+    session = Session(limits, hide, files_from, slot, cells)
+    try:
+        try:
+            session.start()
+        except (SandboxDied, SandboxTimeout) as e:
+            return zero_all(f"the sandbox could not start: {e}")
+        if session.sandbox.isolation.get("uid") == 0 and result.isolation == "full":
+            result.isolation = "reduced"
+        for i, src in enumerate(cells, start=1):
+            if not src:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                notes.append(
+                    f"the submission ran out of time ({limits.submission_timeout:g} s) at cell {i}"
+                )
+                break
+            timeout = min(limits.cell_timeout, left)
+            try:
+                header, _, _ = session.sandbox.request({"op": "run", "source": src}, timeout)
+            except SandboxTimeout:
+                notes.append(f"cell {i} did not finish within {timeout:g} s")
+                session.restart(deadline)
+                continue
+            except SandboxDied as e:
+                notes.append(f"cell {i} ended the process ({e})")
+                session.restart(deadline)
+                continue
+            if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
+                stdout.append(f"[cell {i}]\n{header['stdout']}")
+            if header.get("ok"):
+                session.good_cells.append(src)
+            else:
+                notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
+
+        names = sorted({p for s in specs for p in inspect.signature(s.func).parameters})
+        header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
+        present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
+        for s in specs:
+            if session.restart_needed:
+                session.restart(deadline)
+            if time.monotonic() > deadline:
+                why = "not run: the submission ran out of time"
+                result.tests.append(
+                    TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
+                )
+                continue
+            kwargs = {
+                p: (Proxy(session, p) if p in present else None)
+                for p in inspect.signature(s.func).parameters
+            }
+            try:
+                s.func(**kwargs)
+                passed, out = True, "passed"
+            except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
+                passed, out = False, _feedback(e)
+            result.tests.append(
+                TestResult(
+                    s.question, s.name, s.points if passed else 0.0, s.points, passed, out, s.hidden
+                )
+            )
+    except (SandboxDied, SandboxTimeout) as e:
+        done = {(t.question, t.name) for t in result.tests}
+        why = f"not run: the sandbox failed ({e})"
+        result.tests += [
+            TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
+            for s in specs
+            if (s.question, s.name) not in done
+        ]
+    finally:
+        session.close()  # results are returned (and written) only after the sandbox is dead
+    result.reason = "\n".join(notes)
+    if stdout:
+        result.reason += (
+            ("\n" if notes else "") + "output of your cells:\n" + "\n".join(stdout)[:_STDOUT_TOTAL]
+        )
+    result.execution_time = time.monotonic() - start
+    return result

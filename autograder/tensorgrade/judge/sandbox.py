@@ -1,0 +1,259 @@
+"""Starting, talking to and killing one sandbox process (judge side)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import wire
+
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
+
+
+class SandboxDied(RuntimeError):
+    """The sandbox process ended (crash, os._exit, signal, out of memory) or stopped answering."""
+
+
+class SandboxTimeout(RuntimeError):
+    pass
+
+
+@dataclass
+class Limits:
+    """Per-assignment limits (``solutions/<id>/grading.yml`` overrides the defaults)."""
+
+    cell_timeout: float = 60.0
+    call_timeout: float = 30.0
+    submission_timeout: float = 600.0
+    startup_timeout: float = 60.0
+    memory_mb: int = 6144
+    processes: int = 512
+    file_mb: int = 64
+    stdout_chars: int = 20000
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Limits:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown grading limits: {', '.join(sorted(unknown))}")
+        return cls(**known)
+
+
+def can_confine() -> bool:
+    """Full isolation needs root (to unshare namespaces, mount, and switch uid)."""
+    return os.geteuid() == 0
+
+
+def _unshare_namespaces() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        os._exit(97)
+
+
+@dataclass
+class Sandbox:
+    slot: int
+    limits: Limits
+    hide: list[str]
+    files_from: Path | None = None
+    confine: bool = field(default_factory=can_confine)
+    proc: subprocess.Popen | None = None
+    isolation: dict = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.uid = BASE_UID + self.slot
+        self.base = Path(tempfile.mkdtemp(prefix="tg-sandbox-"))
+        os.chmod(self.base, 0o711)
+        self.workdir = self.base / "work"
+        if self.files_from and self.files_from.is_dir():
+            shutil.copytree(self.files_from, self.workdir, ignore=shutil.ignore_patterns("*.ipynb"))
+        else:
+            self.workdir.mkdir()
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        if self.confine:
+            for p in [self.workdir, *self.workdir.rglob("*")]:
+                os.chown(p, self.uid, self.uid, follow_symlinks=False)
+            os.chmod(self.workdir, 0o700)
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        cfg = {
+            "req_fd": req_r,
+            "resp_fd": resp_w,
+            "workdir": str(self.workdir),
+            "confine": self.confine,
+            "namespaces": self.confine,
+            "uid": self.uid,
+            "gid": self.uid,
+            "hide": self.hide,
+            "expose": sorted({sys.base_prefix, sys.prefix}),
+            "staging": str(self.base / "stage"),
+            "stdout_cap": self.limits.stdout_chars,
+            "limits": {
+                "processes": self.limits.processes,
+                "file_bytes": self.limits.file_mb * 2**20,
+                "cpu_seconds": int(self.limits.submission_timeout) + 5,
+                "open_files": 1024,
+                "memory_bytes": self.limits.memory_mb * 2**20 if not _cuda_present() else None,
+            },
+        }
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),
+            "TMPDIR": str(self.workdir / "tmp"),
+            "LANG": "C.UTF-8",
+            "MPLBACKEND": "Agg",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "NVIDIA_TF32_OVERRIDE": "0",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+        for k in ("CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "VIRTUAL_ENV"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorgrade.sandbox.worker", json.dumps(cfg)],
+            pass_fds=(req_r, resp_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr_file(),
+            env=env,
+            cwd="/",
+            preexec_fn=_unshare_namespaces if self.confine else os.setsid,
+        )
+        os.close(req_r)
+        os.close(resp_w)
+        try:
+            header, _ = self.receive(self.limits.startup_timeout)
+        except SandboxDied as e:
+            raise SandboxDied(f"{e}: {self.stderr_tail()}") from None
+        if header.get("op") != "ready":
+            raise SandboxDied("the sandbox did not start")
+        self.isolation = header.get("isolation", {})
+
+    def _stderr_file(self):
+        # The sandbox's stderr goes to a file the judge reads only to explain a failed start.
+        self.stderr_path = self.base / "stderr.txt"
+        return open(self.stderr_path, "wb")
+
+    def stderr_tail(self, n: int = 600) -> str:
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def request(self, header: dict, timeout: float, portable_type=None) -> tuple[dict, bytes, list]:
+        data, portables = wire.encode(header, portable_type)
+        try:
+            wire.write_all(self.req_w, data)
+        except (BrokenPipeError, OSError):
+            raise SandboxDied(self._death()) from None
+        h, blob = self.receive(timeout)
+        return h, blob, portables
+
+    def receive(self, timeout: float) -> tuple[dict, bytes]:
+        deadline = time.monotonic() + timeout
+
+        def read(n: int) -> bytes:
+            chunks, got = [], 0
+            while got < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SandboxTimeout(f"no answer within {timeout:.0f} s")
+                ready, _, _ = select.select([self.resp_r], [], [], left)
+                if not ready:
+                    continue
+                b = os.read(self.resp_r, min(n - got, 1 << 20))
+                if not b:
+                    raise SandboxDied(self._death())
+                chunks.append(b)
+                got += len(b)
+            return b"".join(chunks)
+
+        try:
+            return wire.split_frame(read)
+        except (wire.WireError, ValueError) as e:
+            if isinstance(e, wire.WireError):
+                raise
+            raise wire.WireError("the sandbox sent a malformed message") from None
+
+    def _death(self) -> str:
+        try:
+            code = self.proc.wait(timeout=2) if self.proc else None
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            return "the process stopped answering"
+        if code < 0:
+            return f"the process was killed by signal {signal.Signals(-code).name}"
+        if code == 97:
+            return "the sandbox could not enter its namespaces"
+        return f"the process exited with code {code}"
+
+    def close(self) -> None:
+        """Kill the sandbox and everything its uid left running, then remove its files."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+        if self.confine:
+            reap_uid(self.uid)
+        for fd in (getattr(self, "req_w", None), getattr(self, "resp_r", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def reap_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (daemons that left the process group included)."""
+    for _ in range(5):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+        if not uid_processes(uid):
+            return
+        time.sleep(0.05)
+
+
+def uid_processes(uid: int) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def _cuda_present() -> bool:
+    # Decided without initialising CUDA in the judge: RLIMIT_AS breaks CUDA's address reservations.
+    return any(Path("/dev").glob("nvidia[0-9]*"))

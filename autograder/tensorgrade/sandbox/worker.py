@@ -1,0 +1,149 @@
+"""The sandbox process: confine itself, run the student's cells, answer the judge's requests.
+
+Started by the judge as ``python -m tensorgrade.sandbox.worker CONFIG_JSON``. It reads requests
+from one pipe and writes answers to another; everything it sends is data (``tensorgrade.wire``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import traceback
+
+
+class _Capped(io.TextIOBase):
+    """A stdout that keeps at most ``cap`` characters (an output flood costs nothing)."""
+
+    def __init__(self, cap: int):
+        self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
+
+    def write(self, s: str) -> int:
+        if self.size < self.cap:
+            keep = s[: self.cap - self.size]
+            self.parts.append(keep)
+            self.size += len(keep)
+            self.dropped += len(s) - len(keep)
+        else:
+            self.dropped += len(s)
+        return len(s)
+
+    def text(self) -> str:
+        out = "".join(self.parts)
+        return out + (f"\n[... {self.dropped} more characters not shown]" if self.dropped else "")
+
+
+def _error_text(e: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
+    isolation = {"namespaces": cfg.get("namespaces", False), "hidden": [], "uid": os.getuid()}
+    if cfg.get("confine"):
+        from .confine import drop_privileges, expose, hide_paths, set_limits
+
+        if cfg.get("namespaces"):
+            isolation["hidden"] = hide_paths(cfg.get("hide", []))
+            for i, path in enumerate(cfg.get("expose", [])):
+                staging = os.path.join(cfg["staging"], str(i))
+                os.makedirs(staging, exist_ok=True)
+                expose(path, staging)
+        set_limits(cfg.get("limits", {}))
+        drop_privileges(cfg["uid"], cfg["gid"])
+        isolation["uid"] = os.getuid()
+    else:
+        from .confine import set_limits
+
+        set_limits(cfg.get("limits", {}))
+    os.chdir(cfg["workdir"])
+
+    import torch  # noqa: F401  (imported before any student code, like a kernel would)
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    from .. import testing, wire
+    from ..portable import REGISTRY, Portable
+
+    c = Config()
+    c.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=c)
+    shell.colors = "nocolor"
+    ns = shell.user_ns
+
+    def send(header: dict) -> None:
+        try:
+            data, _ = wire.encode(header)
+        except wire.WireError as e:
+            data, _ = wire.encode({"ok": False, "error": str(e)})
+        wire.write_all(resp_fd, data)
+
+    send({"op": "ready", "isolation": isolation})
+
+    def rebuild(name: str, params: dict, pid: int):
+        if name not in REGISTRY:
+            raise wire.WireError(f"unknown portable function {name}")
+        p = Portable(name, **params)
+        portables[pid] = p
+        return p
+
+    def resolve(path: str):
+        parts = path.split(".")
+        obj = ns[parts[0]]
+        for part in parts[1:]:
+            obj = getattr(obj, part)
+        return obj
+
+    while True:
+        try:
+            header, blob = wire.split_frame(lambda n: wire.read_exact(req_fd, n))
+        except EOFError:
+            return
+        op = header.get("op")
+        if op == "exit":
+            return
+        if op == "run":
+            out = _Capped(cfg.get("stdout_cap", 20000))
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                res = shell.run_cell(header["source"], store_history=True)
+            err = res.error_before_exec or res.error_in_exec
+            send(
+                {"ok": err is None, "error": _error_text(err) if err else "", "stdout": out.text()}
+            )
+            continue
+        if op == "names":
+            found = {}
+            for n in header["names"]:
+                if n in ns:
+                    found[n] = callable(ns[n])
+            send({"ok": True, "names": found})
+            continue
+        portables: dict[int, Portable] = {}
+        try:
+            dec = wire.Decoder(blob, {"cpu": "cpu", "cuda": "cuda"}, rebuild)
+            args = dec.dec(header["value"])
+            fn = resolve(header["path"])
+            sink = _Capped(0)
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                if op == "call":
+                    value = fn(*args["args"], **args["kwargs"])
+                elif op == "vjp":
+                    value = testing.vjp(fn, args["primals"], args["cotangents"])
+                elif op == "jvp":
+                    value = testing.jvp(fn, args["primals"], args["tangents"])
+                else:
+                    raise ValueError(f"unknown request {op!r}")
+            calls = {str(k): p.calls for k, p in portables.items()}
+            send({"ok": True, "value": value, "portable_calls": calls})
+        except BaseException as e:  # noqa: BLE001 - every student failure becomes an answer
+            if isinstance(e, (SystemExit, KeyboardInterrupt)):
+                send({"ok": False, "error": f"{type(e).__name__} raised"})
+            else:
+                send({"ok": False, "error": _error_text(e)})
+
+
+if __name__ == "__main__":
+    main()
