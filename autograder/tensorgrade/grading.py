@@ -75,31 +75,6 @@ def load_limits(a: Assignment):
     return Limits.from_dict(data or {})
 
 
-def hidden_paths(a: Assignment, extra: list[Path]) -> list[str]:
-    """What the sandbox must not see: masters, build output, results, other submissions.
-
-    A path that contains the interpreter, the package or the temp dir (where sandboxes live)
-    cannot be covered; the container layout keeps those apart.
-    """
-    import tempfile
-
-    keep = [
-        Path(sys.prefix),
-        Path(sys.base_prefix),
-        Path(__file__).parent,
-        Path(tempfile.gettempdir()),
-        a.student_dir,
-    ]
-    out = []
-    for p in [a.root / "solutions", a.root / "dist", *extra]:
-        p = p.resolve()
-        if any(k.resolve() == p or p in k.resolve().parents for k in keep):
-            continue
-        if p.is_dir() and str(p) not in out:
-            out.append(str(p))
-    return out
-
-
 def grade_one(
     a: Assignment,
     specs: list[TestSpec],
@@ -107,7 +82,6 @@ def grade_one(
     opts: GradeOptions,
     ag: str,
     slot: int = 0,
-    hide: list[Path] | None = None,
 ):
     try:
         data = read_bytes(sub.path)
@@ -125,7 +99,6 @@ def grade_one(
             a.id,
             specs,
             limits=load_limits(a),
-            hide=hidden_paths(a, [sub.path.parent, *(hide or [])]),
             files_from=a.student_dir,
             slot=slot,
         )

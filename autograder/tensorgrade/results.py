@@ -55,6 +55,8 @@ class SubmissionResult:
     isolation: str = "none"  # what separated the student's code from the grader
     source_sha256: str = ""
     autograder_sha256: str = ""  # with source_sha256: a result is reused only if both match
+    student_output: str = ""  # what the student's cells printed, before any hidden input was sent
+    timings: dict = field(default_factory=dict)  # seconds: startup, cells, tests
 
     @property
     def score(self) -> float:
@@ -76,6 +78,8 @@ class SubmissionResult:
         summary = f"{self.engine} engine: {self.status}"
         if self.reason:
             summary += f"\n{self.reason}"
+        if self.student_output:
+            summary += f"\n\nOutput of your cells:\n{self.student_output}"
         return {
             "score": round(self.score, 6),
             "execution_time": round(self.execution_time, 3),
@@ -93,6 +97,8 @@ class SubmissionResult:
                 "max_score": round(self.max_score, 6),
                 "source_sha256": self.source_sha256,
                 "autograder_sha256": self.autograder_sha256,
+                "student_output": self.student_output,
+                "timings": self.timings,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -111,6 +117,8 @@ class SubmissionResult:
             isolation=extra.get("isolation", "none"),
             source_sha256=extra.get("source_sha256", ""),
             autograder_sha256=extra.get("autograder_sha256", ""),
+            student_output=extra.get("student_output", ""),
+            timings=extra.get("timings", {}),
         )
 
 

@@ -34,7 +34,6 @@ class Session:
     """One submission's sandbox, restartable: a crash replays the cells that ran fine."""
 
     limits: Limits
-    hide: list[str]
     files_from: Path | None
     slot: int
     cells: list[str]
@@ -44,7 +43,7 @@ class Session:
     restart_needed: str = ""
 
     def start(self) -> None:
-        self.sandbox = Sandbox(self.slot, self.limits, self.hide, self.files_from)
+        self.sandbox = Sandbox(self.slot, self.limits, self.files_from)
         self.sandbox.start()
 
     def restart(self, deadline: float) -> None:
@@ -73,7 +72,9 @@ def _wrong_assignment(nb: dict, assignment_id: str) -> str | None:
     return None
 
 
-def _feedback(e: BaseException) -> str:
+def _feedback(e: BaseException, hidden: bool) -> str:
+    if isinstance(e, StudentError) and hidden:
+        return e.brief[:1500]
     if isinstance(e, (AssertionError, StudentError)):
         msg = str(e).strip() or "the check failed"
     else:
@@ -88,7 +89,6 @@ def grade(
     specs: list[TestSpec],
     *,
     limits: Limits,
-    hide: list[str],
     files_from: Path | None = None,
     slot: int = 0,
 ) -> SubmissionResult:
@@ -132,7 +132,7 @@ def grade(
     deadline = start + limits.submission_timeout
     notes: list[str] = []
     stdout: list[str] = []
-    session = Session(limits, hide, files_from, slot, cells)
+    session = Session(limits, files_from, slot, cells)
     try:
         try:
             session.start()
@@ -140,6 +140,8 @@ def grade(
             return zero_all(f"the sandbox could not start: {e}")
         if session.sandbox.isolation.get("uid") == 0 and result.isolation == "full":
             result.isolation = "reduced"
+        t_cells = time.monotonic()
+        result.timings["startup"] = round(t_cells - start, 3)
         for i, src in enumerate(cells, start=1):
             if not src:
                 continue
@@ -167,6 +169,8 @@ def grade(
             else:
                 notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
 
+        t_tests = time.monotonic()
+        result.timings["cells"] = round(t_tests - t_cells, 3)
         names = sorted({p for s in specs for p in inspect.signature(s.func).parameters})
         header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
         present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
@@ -187,7 +191,7 @@ def grade(
                 s.func(**kwargs)
                 passed, out = True, "passed"
             except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
-                passed, out = False, _feedback(e)
+                passed, out = False, _feedback(e, s.hidden)
             result.tests.append(
                 TestResult(
                     s.question, s.name, s.points if passed else 0.0, s.points, passed, out, s.hidden
@@ -204,9 +208,9 @@ def grade(
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.reason = "\n".join(notes)
-    if stdout:
-        result.reason += (
-            ("\n" if notes else "") + "output of your cells:\n" + "\n".join(stdout)[:_STDOUT_TOTAL]
-        )
+    result.student_output = "\n".join(stdout)[:_STDOUT_TOTAL]
     result.execution_time = time.monotonic() - start
+    if "cells" in result.timings:
+        done = sum(result.timings.values())
+        result.timings["tests"] = round(result.execution_time - done, 3)
     return result

@@ -10,7 +10,15 @@ from .sandbox import SandboxDied, SandboxTimeout
 
 
 class StudentError(Exception):
-    """The student's code raised, timed out, crashed, or returned something that is not data."""
+    """The student's code raised, timed out, crashed, or returned something that is not data.
+
+    ``brief`` is what hidden tests show: the student's own exception text could carry hidden
+    inputs out to the student, so hidden feedback names only the exception type.
+    """
+
+    def __init__(self, message: str, brief: str | None = None):
+        super().__init__(message)
+        self.brief = brief or message
 
 
 class Proxy:
@@ -62,7 +70,9 @@ class Proxy:
         except wire.WireError as e:
             raise StudentError(f"{self._path}: the answer could not be read ({e})") from None
         if not header.get("ok"):
-            raise StudentError(f"{self._path} raised {header.get('error', 'an error')}"[:1500])
+            err = str(header.get("error", "an error"))
+            kind = err.split(":", 1)[0][:80]
+            raise StudentError(f"{self._path} raised {err}"[:1500], f"{self._path} raised {kind}")
         try:
             value = wire.Decoder(blob, device_map={"cpu": "cpu", "cuda": "cuda"}).dec(
                 header.get("value")

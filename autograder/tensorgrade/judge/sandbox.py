@@ -67,7 +67,6 @@ def _unshare_namespaces() -> None:  # runs in the child between fork and exec
 class Sandbox:
     slot: int
     limits: Limits
-    hide: list[str]
     files_from: Path | None = None
     confine: bool = field(default_factory=can_confine)
     proc: subprocess.Popen | None = None
@@ -78,6 +77,7 @@ class Sandbox:
         self.base = Path(tempfile.mkdtemp(prefix="tg-sandbox-"))
         os.chmod(self.base, 0o711)
         self.workdir = self.base / "work"
+        (self.base / "root").mkdir()
         if self.files_from and self.files_from.is_dir():
             shutil.copytree(self.files_from, self.workdir, ignore=shutil.ignore_patterns("*.ipynb"))
         else:
@@ -97,9 +97,8 @@ class Sandbox:
             "namespaces": self.confine,
             "uid": self.uid,
             "gid": self.uid,
-            "hide": self.hide,
-            "expose": sorted({sys.base_prefix, sys.prefix}),
-            "staging": str(self.base / "stage"),
+            "newroot": str(self.base / "root"),
+            "readonly": visible_paths(),
             "stdout_cap": self.limits.stdout_chars,
             "limits": {
                 "processes": self.limits.processes,
@@ -243,15 +242,28 @@ def reap_uid(uid: int) -> None:
 
 
 def uid_processes(uid: int) -> list[int]:
+    """Live processes of ``uid`` (zombies excluded: they run nothing and wait for a reaper)."""
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if os.stat(f"/proc/{d}").st_uid == uid:
+                if os.stat(f"/proc/{d}").st_uid != uid:
+                    continue
+                with open(f"/proc/{d}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
                     pids.append(int(d))
-            except OSError:
+            except (OSError, IndexError):
                 pass
     return pids
+
+
+def visible_paths() -> list[str]:
+    """What the sandbox sees besides the system dirs: the interpreter and the tensorgrade package."""
+    import tensorgrade
+
+    paths = {sys.prefix, sys.base_prefix, str(Path(tensorgrade.__file__).parent)}
+    return sorted(p for p in paths if not any(p.startswith(d + "/") for d in ("/usr", "/etc")))
 
 
 def _cuda_present() -> bool:

@@ -1,8 +1,8 @@
 """Confinement steps the sandbox process applies to itself before any student code runs.
 
 Called as root in a fresh process that already has its own network and mount namespaces (the
-judge unshares them between fork and exec). Order matters: hide paths while still root, then set
-limits, then drop to the slot's unprivileged uid for good.
+judge unshares them between fork and exec). Order matters: build the private root while still
+root, then set limits, then drop to the slot's unprivileged uid for good.
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ import resource
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+SYSTEM_DIRS = [
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/dev",
+    "/sys",
+    "/proc",
+]
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    libc = _libc()
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
     rc = libc.mount(
         source.encode(),
@@ -34,38 +43,45 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def hide_paths(paths: list[str]) -> list[str]:
-    """Cover each path with an empty read-only tmpfs, visible only in this mount namespace."""
-    _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-    hidden = []
-    for p in paths:
-        if os.path.isdir(p) and not os.path.islink(p):
-            _mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=000")
-            hidden.append(p)
-    return hidden
+def _bind(src: str, dst: str, writable: bool) -> None:
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        open(dst, "a").close()
+    _mount(src, dst, None, MS_BIND | MS_REC, None)
+    if not writable:
+        _mount("none", dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
 
 
-def expose(path: str, staging: str) -> bool:
-    """Make ``path`` (e.g. the Python installation) reachable after the uid switch.
+def enter_root(newroot: str, readonly: list[str], writable: list[str]) -> list[str]:
+    """Switch to a root that holds only the system, the Python installation and the workdir.
 
-    If an ancestor such as ``/root`` (mode 700) blocks the way, cover that ancestor with an empty
-    tmpfs and bind the real ``path`` back in, read-only. Everything else under it stays hidden.
+    Everything else on the machine (masters, hidden tests, other submissions, results, homes)
+    does not exist inside. Runs as root in a private mount namespace; after the uid switch the
+    process cannot leave the chroot.
     """
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    blocked = None
-    for i in range(1, len(parts)):
-        d = os.sep + os.path.join(*parts[:i])
-        if not os.stat(d).st_mode & 0o001:
-            blocked = d
-            break
-    if blocked is None:
-        return False
-    _mount(path, staging, None, MS_BIND | MS_REC, None)
-    _mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    os.makedirs(path, exist_ok=True)
-    _mount(staging, path, None, MS_BIND | MS_REC, None)
-    _mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
-    return True
+    _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+    _mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
+    shown = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            os.symlink(os.readlink(d), newroot + d)
+        elif os.path.isdir(d):
+            _bind(d, newroot + d, writable=False)
+            shown.append(d)
+    for p in readonly:
+        if os.path.exists(p):
+            _bind(p, newroot + p, writable=False)
+            shown.append(p)
+    for p in writable:
+        _bind(p, newroot + p, writable=True)
+        shown.append(p)
+    os.makedirs(newroot + "/tmp", exist_ok=True)
+    os.chmod(newroot + "/tmp", 0o1777)
+    os.chroot(newroot)
+    os.chdir("/")
+    return shown
 
 
 def set_limits(limits: dict) -> None:

@@ -42,16 +42,12 @@ def _error_text(e: BaseException) -> str:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
-    isolation = {"namespaces": cfg.get("namespaces", False), "hidden": [], "uid": os.getuid()}
+    isolation = {"namespaces": cfg.get("namespaces", False), "visible": [], "uid": os.getuid()}
     if cfg.get("confine"):
-        from .confine import drop_privileges, expose, hide_paths, set_limits
+        from .confine import drop_privileges, enter_root, set_limits
 
         if cfg.get("namespaces"):
-            isolation["hidden"] = hide_paths(cfg.get("hide", []))
-            for i, path in enumerate(cfg.get("expose", [])):
-                staging = os.path.join(cfg["staging"], str(i))
-                os.makedirs(staging, exist_ok=True)
-                expose(path, staging)
+            isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [cfg["workdir"]])
         set_limits(cfg.get("limits", {}))
         drop_privileges(cfg["uid"], cfg["gid"])
         isolation["uid"] = os.getuid()

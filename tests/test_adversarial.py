@@ -1,0 +1,481 @@
+"""Attacks on the trusted engine, built on the real Assignment 1 notebooks.
+
+Every attack must end with a result (never a crash or a hang), gain no points, leak no hidden test,
+leave no process behind and leave the hidden test files untouched. Each case states its expected
+score: 0 when the attack rides on the blank notebook (it tries to fake a pass), 100 when it rides on
+the solution (it tries to break grading; the honest answers must still count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from dataclasses import dataclass
+
+import nbformat
+import pytest
+
+from tensorgrade.judge import engine
+from tensorgrade.judge.sandbox import BASE_UID, Limits, can_confine, uid_processes
+from tensorgrade.results import SubmissionResult
+from tensorgrade.testfiles import load_tests
+
+pytestmark = pytest.mark.slow
+
+LIMITS = Limits(cell_timeout=6, call_timeout=6, submission_timeout=150, memory_mb=3072)
+SLOT = 7
+# Fragments of hidden test source (test names are shown on purpose: they label the feedback).
+LEAK_MARKERS = [
+    "def test_",
+    "tg.assert_close(",
+    "# HIDDEN",
+    "hidden=True",
+    "ref = torch.exp(-((x64 - mu)",
+]
+
+
+@dataclass
+class Attack:
+    name: str
+    base: str  # "blank" or "solution"
+    cells: list[str]
+    score: float
+    where: str = "end"  # "end", "start", or "after:<text in a cell>"
+    note: str = ""  # text expected in the result's reason
+
+
+ATTACKS = [
+    Attack(
+        "replace_otter_test_runner",
+        "blank",
+        [
+            "from otter.test_files import exception_test as et\n"
+            "def run(self, env):\n"
+            "    self.test_case_results = []\n"
+            "et.ExceptionTestFile.run = run\n"
+            "import otter.test_files.abstract_test as at\n"
+            "at.TestFile.grade = property(lambda self: 1.0)"
+        ],
+        0,
+    ),
+    Attack(
+        "overwrite_test_files",
+        "blank",
+        [
+            "import glob, os\n"
+            "for p in glob.glob('/work/**/tests/q*.py', recursive=True) + glob.glob('tests/*.py'):\n"
+            "    try:\n"
+            "        open(p, 'w').write('OK_FORMAT = False\\nname = \"q1\"\\npoints = 100\\n')\n"
+            "    except OSError as e:\n"
+            "        print('denied', p)\n"
+            "os.makedirs('tests', exist_ok=True)\n"
+            "open('tests/q1.py', 'w').write('name = \"q1\"')"
+        ],
+        0,
+    ),
+    Attack(
+        "print_hidden_tests",
+        "blank",
+        [
+            "import glob\n"
+            "for p in glob.glob('/work/**/*.py', recursive=True) + glob.glob('/work/**/*.ipynb', recursive=True):\n"
+            "    try:\n"
+            "        t = open(p).read()\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    if 'HIDDEN' in t or 'hidden=True' in t:\n"
+            "        print(t)"
+        ],
+        0,
+    ),
+    Attack(
+        "exception_carrying_test_files",
+        "blank",
+        [
+            "import glob\n"
+            "found = ''.join(open(p).read() for p in glob.glob('/work/main/dist/*/tests/*.py'))\n"
+            "raise RuntimeError('LEAK ' + found)"
+        ],
+        0,
+    ),
+    Attack(
+        "fake_results_files",
+        "blank",
+        [
+            "import json, os, pickle\n"
+            "fake = {'tests': [{'name': 'q1', 'score': 100, 'max_score': 100}], 'score': 100}\n"
+            "for d in ['.', 'results', '/autograder/results', os.environ.get('TMPDIR', '.')]:\n"
+            "    try:\n"
+            "        os.makedirs(d, exist_ok=True)\n"
+            "        json.dump(fake, open(os.path.join(d, 'results.json'), 'w'))\n"
+            "        pickle.dump(fake, open(os.path.join(d, 'results.pkl'), 'wb'))\n"
+            "        open(os.path.join(d, '.OTTER_LOG'), 'wb').write(pickle.dumps(fake))\n"
+            "    except OSError:\n"
+            "        pass"
+        ],
+        0,
+    ),
+    Attack(
+        "symlinks_at_output_paths",
+        "blank",
+        [
+            "import os\n"
+            "for name in ['results.json', 'grades.csv', 'results']:\n"
+            "    try:\n"
+            "        os.symlink('/etc/passwd', name)\n"
+            "    except OSError:\n"
+            "        pass"
+        ],
+        0,
+    ),
+    Attack(
+        "monkeypatch_torch_comparisons",
+        "blank",
+        [
+            "import torch, builtins\n"
+            "torch.allclose = lambda *a, **k: True\n"
+            "torch.equal = lambda *a, **k: True\n"
+            "torch.Tensor.__eq__ = lambda self, other: True\n"
+            "builtins.abs = lambda x: 0\n"
+            "builtins.isinstance = lambda *a: True\n"
+            "def gaussian_density(x, mu, sigma):\n"
+            "    return torch.zeros_like(x)"
+        ],
+        0,
+    ),
+    Attack(
+        "eq_liar_object",
+        "blank",
+        [
+            "class Liar:\n"
+            "    def __eq__(self, other): return True\n"
+            "    def __torch_function__(self, *a, **k): return True\n"
+            "    def __float__(self): return 0.3989\n"
+            "def gaussian_density(x, mu, sigma):\n"
+            "    return Liar()\n"
+            "def variance(x):\n"
+            "    return Liar()"
+        ],
+        0,
+    ),
+    Attack(
+        "torch_function_tensor_subclass",
+        "blank",
+        [
+            "import torch\n"
+            "class Liar(torch.Tensor):\n"
+            "    @classmethod\n"
+            "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+            "        return True\n"
+            "def normalize_rows(X, p=2):\n"
+            "    return torch.zeros_like(X).as_subclass(Liar)"
+        ],
+        0,
+    ),
+    Attack(
+        "patch_tensorgrade_helpers_in_sandbox",
+        "blank",
+        [
+            "import tensorgrade.testing as tg\n"
+            "tg.assert_close = lambda *a, **k: None\n"
+            "tg.check_tensor = lambda x, **k: x\n"
+            "tg.TestFailure = type('Never', (Exception,), {})\n"
+            "import tensorgrade.wire as wire\n"
+            "wire.MAX_BLOB = 0"
+        ],
+        0,
+    ),
+    Attack(
+        "patch_sandbox_worker_protocol",
+        "blank",
+        [
+            "import sys, json\n"
+            "w = sys.modules.get('__main__')\n"
+            "import tensorgrade.wire as wire\n"
+            "orig = wire.encode\n"
+            "def forged(header, portable_type=None):\n"
+            "    header = dict(header); header['ok'] = True; header['value'] = {'score': 100}\n"
+            "    return orig(header, portable_type)\n"
+            "wire.encode = forged"
+        ],
+        0,
+    ),
+    Attack(
+        "input_transformer_blanks_later_cells",
+        "solution",
+        ["get_ipython().input_transformers_cleanup.append(lambda lines: [])"],
+        0,
+        where="start",
+    ),
+    Attack(
+        "reseed_and_exhaust_rngs",
+        "solution",
+        [
+            "import random, numpy as np, torch\n"
+            "torch.manual_seed(0); np.random.seed(0); random.seed(0)\n"
+            "for _ in range(1000):\n"
+            "    torch.randn(100)\n"
+            "torch.Generator.manual_seed = lambda self, s: self\n"
+            "torch.manual_seed = lambda s: None"
+        ],
+        100,
+    ),
+    Attack(
+        "os_exit_in_a_cell",
+        "solution",
+        ["import os\nos._exit(0)"],
+        100,
+        where="after:def gaussian_density",
+        note="ended the process",
+    ),
+    Attack(
+        "infinite_loop_ignoring_sigterm",
+        "solution",
+        ["import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass"],
+        100,
+        where="after:def normalize_rows",
+        note="did not finish within 6 s",
+    ),
+    Attack(
+        "segfault",
+        "solution",
+        ["import ctypes\nctypes.string_at(0)"],
+        100,
+        where="after:def rgb_to_gray",
+        note="SIGSEGV",
+    ),
+    Attack(
+        "signal_the_grader",
+        "solution",
+        [
+            "import os, signal\n"
+            "for pid in [os.getppid(), 1]:\n"
+            "    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n"
+            "    except OSError as e:\n"
+            "        print('refused', e.errno)"
+        ],
+        100,
+    ),
+    Attack(
+        "fork_bomb",
+        "solution",
+        [
+            "import os\n"
+            "children = 0\n"
+            "try:\n"
+            "    while True:\n"
+            "        if os.fork() == 0:\n"
+            "            import time\n"
+            "            time.sleep(600)\n"
+            "            os._exit(0)\n"
+            "        children += 1\n"
+            "except OSError:\n"
+            "    print('fork refused after', children)"
+        ],
+        100,
+    ),
+    Attack(
+        "memory_hog",
+        "solution",
+        ["hog = bytearray(64 * 2**30)"],
+        100,
+    ),
+    Attack(
+        "output_flood",
+        "solution",
+        ["print('x' * 50_000_000)\nfor i in range(200_000):\n    print(i)"],
+        100,
+    ),
+    Attack(
+        "daemon_outlives_grading",
+        "solution",
+        [
+            "import subprocess, os\n"
+            "subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    import time\n"
+            "    time.sleep(1000)\n"
+            "    os._exit(0)"
+        ],
+        100,
+    ),
+    Attack(
+        "function_hangs_on_hidden_inputs",
+        "solution",
+        [
+            "_honest = gaussian_density\n"
+            "def gaussian_density(x, mu, sigma):\n"
+            "    if x.numel() > 10:\n"
+            "        while True:\n"
+            "            pass\n"
+            "    return _honest(x, mu, sigma)"
+        ],
+        # q1 has 4 tests of 3 points each; the three with more than 10 inputs time out
+        100 - 9,
+    ),
+    Attack(
+        "function_kills_its_process",
+        "solution",
+        [
+            "import os\n"
+            "_honest = rgb_to_gray\n"
+            "def rgb_to_gray(img):\n"
+            "    if img.dim() == 4:\n"
+            "        os._exit(3)\n"
+            "    return _honest(img)"
+        ],
+        # q3: 13 points over 4 tests; the batched test crashes the process, and the einsum check
+        # now reads this wrapper (the last definition), which has no einsum
+        100 - 2 * 13 / 4,
+    ),
+    Attack(
+        "exfiltrate_hidden_inputs_by_exception",
+        "solution",
+        [
+            "def power_iteration(A, num_iters=200):\n"
+            "    raise ValueError('SECRET-INPUT ' + repr(A.tolist()))"
+        ],
+        100 - 16,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def env(built):
+    a = built["01_tensors"]
+    specs = load_tests(a.tests_dir)
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.tests_dir.iterdir()}
+    return a, specs, digest
+
+
+def _notebook(a, attack: Attack) -> bytes:
+    base = a.solution if attack.base == "solution" else a.student
+    nb = nbformat.read(base, as_version=4)
+    new = [nbformat.v4.new_code_cell(src) for src in attack.cells]
+    if attack.where == "end":
+        nb.cells += new
+    elif attack.where == "start":
+        nb.cells[1:1] = new  # after otter's init cell
+    else:
+        text = attack.where.split(":", 1)[1]
+        i = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and text in c.source)
+        nb.cells[i + 1 : i + 1] = new
+    return nbformat.writes(nb).encode()
+
+
+def _grade(a, specs, data: bytes, name: str) -> SubmissionResult:
+    return engine.grade(
+        data,
+        f"{name}.ipynb",
+        a.id,
+        specs,
+        limits=LIMITS,
+        files_from=a.student_dir,
+        slot=SLOT,
+    )
+
+
+def _check_common(a, digest, result: SubmissionResult):
+    text = json.dumps(result.to_gradescope())
+    for marker in LEAK_MARKERS:
+        assert marker not in text, f"hidden test material leaked: {marker!r}"
+    assert len(text) < 300_000, "feedback must stay small"
+    now = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.tests_dir.iterdir()}
+    assert now == digest, "hidden test files were changed"
+    if can_confine():
+        assert uid_processes(BASE_UID + SLOT) == [], "a process of the sandbox survived grading"
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
+def test_attack(attack, env):
+    a, specs, digest = env
+    result = _grade(a, specs, _notebook(a, attack), attack.name)
+    _check_common(a, digest, result)
+    assert result.status == "graded", result.reason
+    assert result.score == pytest.approx(attack.score), (
+        f"{attack.name}: score {result.score}, expected {attack.score}\n{result.reason}\n"
+        + "\n".join(f"{t.question}:{t.name}: {t.output}" for t in result.tests if not t.passed)
+    )
+    assert len(result.tests) == len(specs), "every test gets a result"
+    assert attack.note in result.reason
+    if attack.name == "exfiltrate_hidden_inputs_by_exception":
+        assert "SECRET-INPUT" not in json.dumps([t.output for t in result.tests if t.hidden]), (
+            "a student's exception text must not carry hidden inputs out"
+        )
+
+
+def test_attack_suite_is_large_enough():
+    assert len(ATTACKS) >= 20
+
+
+@pytest.mark.skipif(not can_confine(), reason="network namespaces need root")
+def test_network_is_unreachable(env):
+    a, specs, digest = env
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.settimeout(0.2)
+    got = []
+
+    def accept():
+        for _ in range(60):
+            try:
+                conn, _ = server.accept()
+                got.append(conn)
+                return
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept)
+    t.start()
+    attack = Attack(
+        "network",
+        "blank",
+        [
+            "import socket\n"
+            f"for host in ['127.0.0.1', 'pypi.org']:\n"
+            "    try:\n"
+            f"        socket.create_connection((host, {port}), timeout=2)\n"
+            "        print('CONNECTED', host)\n"
+            "    except OSError as e:\n"
+            "        print('no network', type(e).__name__)"
+        ],
+        0,
+    )
+    result = _grade(a, specs, _notebook(a, attack), "network")
+    t.join()
+    server.close()
+    _check_common(a, digest, result)
+    assert not got, "the sandbox reached a server on the host"
+    assert "CONNECTED" not in result.student_output
+    assert "no network" in result.student_output
+
+
+@pytest.mark.skipif(not can_confine(), reason="uid switching needs root")
+def test_sandbox_cannot_read_masters_or_other_files(env, tmp_path):
+    a, specs, digest = env
+    attack = Attack(
+        "read_files",
+        "blank",
+        [
+            "import os\n"
+            f"for p in {[str(a.master), str(a.tests_dir / 'q1.py'), '/root/.bashrc', '/etc/shadow']!r}:\n"
+            "    try:\n"
+            "        open(p).read(1)\n"
+            "        print('READ', p)\n"
+            "    except OSError as e:\n"
+            "        print('denied', type(e).__name__)\n"
+            "print('uid', os.getuid(), 'tmp', os.environ.get('TMPDIR'), 'tf32', os.environ.get('NVIDIA_TF32_OVERRIDE'))"
+        ],
+        0,
+    )
+    result = _grade(a, specs, _notebook(a, attack), "read_files")
+    _check_common(a, digest, result)
+    assert "READ" not in result.student_output
+    assert result.student_output.count("denied") == 4
+    assert f"uid {BASE_UID + SLOT}" in result.student_output
+    assert "tf32 0" in result.student_output
+    assert result.isolation == "full"
