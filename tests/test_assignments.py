@@ -1,10 +1,14 @@
 """Every assignment, end to end: the bar each one must meet.
 
-- solution 100/100, untouched student notebook 0, each mutant loses points on exactly the questions
-  it names, every hidden test fails at least one mutant (`tensorgrade audit`);
+- with the trusted engine: solution 100/100, untouched student notebook 0, each mutant loses points
+  on exactly the questions it names, every hidden test fails at least one mutant;
+- on every honest submission (solution, blank, mutants) the trusted engine gives exactly the otter
+  engine's per-question scores;
 - the student notebook runs top to bottom on a CPU with its blanks unfilled, and its public checks
   answer with readable messages.
 """
+
+import shutil
 
 import nbformat
 import pytest
@@ -15,21 +19,46 @@ from tensorgrade.audit import audit, format_report
 
 pytestmark = pytest.mark.slow
 
+_reports: dict = {}
+
+
+def _report(a, engine):
+    key = (a.id, engine)
+    if key not in _reports:
+        _reports[key] = audit(a, engine=engine, jobs=2)
+    return _reports[key]
+
 
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_audit(aid, built):
-    report = audit(built[aid], engine="otter", jobs=2)
+def test_audit_with_trusted_engine(aid, built):
+    report = _report(built[aid], "trusted")
     print(format_report(report))
     assert report.ok, format_report(report)
     assert len(report.results) >= 2 + 2 * len(report.results["solution"].question_scores())
+    assert all(r.isolation in ("full", "reduced") for r in report.results.values())
+
+
+@pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
+def test_same_scores_as_otter_on_honest_work(aid, built):
+    trusted = _report(built[aid], "trusted")
+    otter = _report(built[aid], "otter")
+    assert set(trusted.results) == set(otter.results)
+    differ = {
+        name: (trusted.results[name].question_scores(), otter.results[name].question_scores())
+        for name in trusted.results
+        if trusted.results[name].question_scores() != otter.results[name].question_scores()
+    }
+    assert not differ, f"per-question scores differ (trusted, otter): {differ}"
 
 
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
 def test_blank_student_notebook_runs_top_to_bottom(aid, built, tmp_path):
     a = built[aid]
-    nb = nbformat.read(a.student, as_version=4)
+    work = tmp_path / aid  # a copy: running a notebook leaves files (.OTTER_LOG) next to it
+    shutil.copytree(a.student_dir, work)
+    nb = nbformat.read(work / a.student.name, as_version=4)
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(a.student_dir)}}
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
     )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = "\n".join(

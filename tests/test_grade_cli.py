@@ -11,7 +11,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_grade_batch_writes_results_and_resumes(built, root, tmp_path):
+@pytest.mark.parametrize("engine", ["trusted", "otter"])
+def test_grade_batch_writes_results_and_resumes(engine, built, root, tmp_path):
     a = built["01_tensors"]
     subs = tmp_path / "subs"
     subs.mkdir()
@@ -21,7 +22,7 @@ def test_grade_batch_writes_results_and_resumes(built, root, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(subs), "-a", a.id, "-o", str(out)]
     proc = subprocess.run(
-        [*cmd, "--engine", "otter", "-j", "2"], cwd=root, capture_output=True, text=True
+        [*cmd, "--engine", engine, "-j", "2"], cwd=root, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "grading" in proc.stderr  # the progress bar
@@ -34,8 +35,13 @@ def test_grade_batch_writes_results_and_resumes(built, root, tmp_path):
     # hidden tests' failure output never quotes test source
     bob = json.loads((out / "bob" / "results.json").read_text())
     hidden = [t for t in bob["tests"] if t["visibility"] == "after_published"]
-    assert hidden and all(t["output"] == "failed" for t in hidden)
+    assert hidden and not any("def test_" in t["output"] for t in hidden)
+    assert bob["extra_data"]["engine"] == engine
 
-    again = subprocess.run([*cmd, "--engine", "otter"], cwd=root, capture_output=True, text=True)
+    again = subprocess.run([*cmd, "--engine", engine], cwd=root, capture_output=True, text=True)
     assert again.returncode == 0
     assert "reusing 3 result(s)" in again.stderr
+    (out / "ada" / "results.json").unlink()  # as if the batch had been killed before ada
+    third = subprocess.run([*cmd, "--engine", engine], cwd=root, capture_output=True, text=True)
+    assert "reusing 2 result(s)" in third.stderr
+    assert json.loads((out / "ada" / "results.json").read_text())["score"] == 100

@@ -7,14 +7,12 @@ fails: such a test checks nothing we can show.
 
 from __future__ import annotations
 
-import queue
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .course import Assignment
-from .grading import GradeOptions, file_sha256, grade_one
+from .grading import GradeOptions, file_sha256, grade_one, in_slots
 from .mutants import load_mutants, submissions
 from .results import SubmissionResult
 from .submissions import Submission
@@ -47,20 +45,12 @@ def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
             p = Path(tmp) / f"{name}.ipynb"
             p.write_bytes(data)
             paths[name] = p
-        slots: queue.Queue[int] = queue.Queue()
-        for k in range(jobs):
-            slots.put(k)
-
-        def run(n: str, p: Path) -> SubmissionResult:
-            slot = slots.get()  # one sandbox uid per slot: never shared by two at once
-            try:
-                return grade_one(a, specs, Submission(n, p), opts, ag, slot)
-            finally:
-                slots.put(slot)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futs = {n: pool.submit(run, n, p) for n, p in paths.items()}
-            results = {n: f.result() for n, f in futs.items()}
+        items = list(paths.items())
+        done = in_slots(
+            lambda item, slot: grade_one(a, specs, Submission(*item), opts, ag, slot), items, jobs
+        )
+        results = {item[0]: res for item, res in done}
+        results = {n: results[n] for n in paths}  # keep solution, blank, mutants in order
     report = AuditReport(a.id, results)
     sol, blank = results["solution"], results["blank"]
     if sol.status != "graded" or sol.score != sol.max_score:

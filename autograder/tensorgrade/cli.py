@@ -160,13 +160,21 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", type=Path, default=Path("results"), help="default: results/")
     g.add_argument(
         "--engine",
-        choices=["otter"],
-        default="otter",
-        help="otter: otter's own runner (hidden tests run in the student's kernel)",
+        choices=["trusted", "otter"],
+        default="trusted",
+        help=(
+            "trusted (default): student code runs in a sandbox, hidden tests in this process; "
+            "otter: otter's own runner (hidden tests run in the student's kernel; a comparison "
+            "point only)"
+        ),
     )
     g.add_argument("-j", "--jobs", type=int, default=1, help="submissions graded at once")
     g.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds per submission (default 900)"
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="otter engine: seconds per submission (default 900); the trusted engine takes its "
+        "limits from solutions/<id>/grading.yml",
     )
     g.add_argument("--force", action="store_true", help="regrade even if a result is up to date")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -182,7 +190,7 @@ def make_parser() -> argparse.ArgumentParser:
         ),
     )
     au.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
-    au.add_argument("--engine", choices=["otter"], default="otter")
+    au.add_argument("--engine", choices=["trusted", "otter"], default="trusted")
     au.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once")
     au.set_defaults(func=_audit)
 

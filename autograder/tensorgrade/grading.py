@@ -7,9 +7,10 @@ when the submission's bytes and the autograder are unchanged, so a killed batch 
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .results import (
     read_results_json,
     write_results_json,
 )
-from .submissions import Submission, Ungradable, read_bytes, sha256
+from .submissions import Submission, Ungradable, load, read_bytes, sha256
 from .testfiles import TestSpec, load_tests
 
 ENGINES = ("trusted", "otter")
@@ -84,11 +85,15 @@ def grade_one(
     slot: int = 0,
 ):
     try:
-        data = read_bytes(sub.path)
+        data = load(sub.path)
     except (Ungradable, OSError) as e:
         res = SubmissionResult(a.id, sub.key, opts.engine, "ungradable", reason=str(e))
         res.tests = [otter_engine._zero(s, str(e)) for s in specs]
         res.autograder_sha256 = ag
+        try:
+            res.source_sha256 = sha256(read_bytes(sub.path))
+        except (Ungradable, OSError):
+            pass
         return res
     if opts.engine == "trusted":
         from .judge import engine
@@ -105,8 +110,31 @@ def grade_one(
     else:
         res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)
     res.assignment, res.submission = a.id, sub.key
-    res.source_sha256, res.autograder_sha256 = sha256(data), ag
+    res.source_sha256, res.autograder_sha256 = sha256(read_bytes(sub.path)), ag
     return res
+
+
+def in_slots(fn: Callable, items: list, jobs: int) -> Iterator[tuple]:
+    """Run ``fn(item, slot)`` on ``jobs`` threads; yields ``(item, result)`` as each finishes.
+
+    A slot is a sandbox uid: no two submissions ever hold the same slot at once, because cleaning
+    up a slot kills every process of its uid.
+    """
+    slots: queue.Queue[int] = queue.Queue()
+    for k in range(max(1, jobs)):
+        slots.put(k)
+
+    def run(item):
+        slot = slots.get()
+        try:
+            return fn(item, slot)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futs = {pool.submit(run, item): i for i, item in enumerate(items)}
+        for fut in as_completed(futs):
+            yield items[futs[fut]], fut.result()
 
 
 def grade_batch(
@@ -156,15 +184,16 @@ def grade_batch(
     bar = tqdm(
         total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr
     )
-    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-        futs = {pool.submit(grade_one, a, specs[a.id], s, opts, ag[a.id]): s for a, s in todo}
-        for fut in as_completed(futs):
-            sub = futs[fut]
-            res = fut.result()
-            write_results_json(res, out_dir / sub.key / "results.json")
-            results[sub.key] = res
-            bar.set_postfix_str(f"{sub.key}: {res.score:g}/{res.max_score:g}")
-            bar.update()
+
+    def one(item: tuple[Assignment, Submission], slot: int) -> SubmissionResult:
+        a, s = item
+        return grade_one(a, specs[a.id], s, opts, ag[a.id], slot)
+
+    for (_, sub), res in in_slots(one, todo, opts.jobs):
+        write_results_json(res, out_dir / sub.key / "results.json")
+        results[sub.key] = res
+        bar.set_postfix_str(f"{sub.key}: {res.score:g}/{res.max_score:g}")
+        bar.update()
     bar.close()
     ordered = [results[s.key] for _, s in jobs]
     atomic_write_text(out_dir / "grades.csv", grades_csv(ordered))

@@ -57,6 +57,7 @@ class SubmissionResult:
     autograder_sha256: str = ""  # with source_sha256: a result is reused only if both match
     student_output: str = ""  # what the student's cells printed, before any hidden input was sent
     timings: dict = field(default_factory=dict)  # seconds: startup, cells, tests
+    sandbox_uids: list = field(default_factory=list)  # the uids the student's code ran as
 
     @property
     def score(self) -> float:
@@ -99,6 +100,7 @@ class SubmissionResult:
                 "autograder_sha256": self.autograder_sha256,
                 "student_output": self.student_output,
                 "timings": self.timings,
+                "sandbox_uids": self.sandbox_uids,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -119,6 +121,7 @@ class SubmissionResult:
             autograder_sha256=extra.get("autograder_sha256", ""),
             student_output=extra.get("student_output", ""),
             timings=extra.get("timings", {}),
+            sandbox_uids=extra.get("sandbox_uids", []),
         )
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
+MAX_ZIP_MEMBERS = 1000
+MAX_ZIP_RATIO = 200  # uncompressed / compressed; beyond this a zip is treated as a bomb
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ def collect(paths: list[Path]) -> list[Submission]:
     subs: list[Submission] = []
     for p in paths:
         if p.is_dir():
-            for nb in sorted(p.rglob("*.ipynb")):
+            found = [*p.rglob("*.ipynb"), *p.rglob("*.zip")]
+            for nb in sorted(found):
                 if ".ipynb_checkpoints" in nb.parts:
                     continue
                 rel = nb.relative_to(p)
@@ -63,6 +66,55 @@ def read_bytes(path: Path) -> bytes:
             "limit: clear the outputs (Kernel > Restart & Clear Output) and resubmit"
         )
     return path.read_bytes()
+
+
+def load(path: Path) -> bytes:
+    """The notebook bytes of a submission: a notebook file, or a zip holding exactly one."""
+    data = read_bytes(path)
+    if path.suffix.lower() != ".zip":
+        return data
+    return _notebook_from_zip(data, path.name)
+
+
+def _notebook_from_zip(data: bytes, name: str) -> bytes:
+    import io
+    import zipfile
+
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        infos = z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise Ungradable(f"{name} is not a readable zip file ({e})") from None
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise Ungradable(f"{name} holds {len(infos)} files; submit the notebook alone")
+    notebooks = []
+    for info in infos:
+        member = info.filename
+        parts = member.replace("\\", "/").split("/")
+        if member.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise Ungradable(f"{name} contains an unsafe path {member!r}; it was not opened")
+        if info.file_size > MAX_NOTEBOOK_BYTES or (
+            info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO
+        ):
+            raise Ungradable(f"{name}: {member} expands too much (a zip bomb?); it was not opened")
+        if (
+            member.endswith(".ipynb")
+            and "__MACOSX" not in parts
+            and ".ipynb_checkpoints" not in parts
+        ):
+            notebooks.append(info)
+    if not notebooks:
+        raise Ungradable(f"{name} contains no notebook (.ipynb)")
+    if len(notebooks) > 1:
+        names = ", ".join(i.filename for i in notebooks[:5])
+        raise Ungradable(
+            f"{name} contains {len(notebooks)} notebooks ({names}): submit exactly one"
+        )
+    with z.open(notebooks[0]) as f:
+        out = f.read(MAX_NOTEBOOK_BYTES + 1)
+    if len(out) > MAX_NOTEBOOK_BYTES:
+        raise Ungradable(f"{name}: the notebook is larger than the limit")
+    return out
 
 
 def sha256(data: bytes) -> str:

@@ -38,6 +38,7 @@ class Session:
     slot: int
     cells: list[str]
     sandbox: Sandbox | None = None
+    uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
     hidden_inputs_sent: bool = False
     restart_needed: str = ""
@@ -45,6 +46,7 @@ class Session:
     def start(self) -> None:
         self.sandbox = Sandbox(self.slot, self.limits, self.files_from)
         self.sandbox.start()
+        self.uids.append(self.sandbox.uid)
 
     def restart(self, deadline: float) -> None:
         self.close()
@@ -207,6 +209,7 @@ def grade(
         ]
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
+    result.sandbox_uids = sorted(set(session.uids))
     result.reason = "\n".join(notes)
     result.student_output = "\n".join(stdout)[:_STDOUT_TOTAL]
     result.execution_time = time.monotonic() - start

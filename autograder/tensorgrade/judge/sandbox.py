@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -68,12 +69,12 @@ class Sandbox:
     slot: int
     limits: Limits
     files_from: Path | None = None
-    confine: bool = field(default_factory=can_confine)
+    confine: bool = field(default_factory=lambda: can_confine())
     proc: subprocess.Popen | None = None
     isolation: dict = field(default_factory=dict)
 
     def start(self) -> None:
-        self.uid = BASE_UID + self.slot
+        self.uid, self._lock = acquire_uid(self.slot)
         self.base = Path(tempfile.mkdtemp(prefix="tg-sandbox-"))
         os.chmod(self.base, 0o711)
         self.workdir = self.base / "work"
@@ -221,6 +222,30 @@ class Sandbox:
                 except OSError:
                     pass
         shutil.rmtree(self.base, ignore_errors=True)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # releases the uid for the next sandbox
+            self._lock = None
+
+
+MAX_SLOTS = 4096
+
+
+def acquire_uid(preferred: int) -> tuple[int, object]:
+    """Lock a sandbox uid for this process, machine-wide (several graders may run at once).
+
+    Cleaning up kills every process of the uid, so two live sandboxes must never share one.
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "tensorgrade-uids"
+    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    for k in [preferred, *range(MAX_SLOTS)]:
+        f = open(lock_dir / f"{k}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        return BASE_UID + k, f
+    raise SandboxDied("no free sandbox uid")
 
 
 def reap_uid(uid: int) -> None:

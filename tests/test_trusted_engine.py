@@ -1,0 +1,163 @@
+"""The trusted engine on honest and broken submissions: determinism, bad input, reduced isolation."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import nbformat
+import pytest
+
+from tensorgrade.grading import GradeOptions, file_sha256, grade_one
+from tensorgrade.judge import engine, sandbox
+from tensorgrade.judge.source import definition_source
+from tensorgrade.submissions import Submission
+from tensorgrade.testfiles import load_tests
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def a1(built):
+    a = built["01_tensors"]
+    return a, load_tests(a.tests_dir), file_sha256(a.autograder_zip)
+
+
+def _grade_file(a1, path):
+    a, specs, ag = a1
+    return grade_one(a, specs, Submission(path.stem, path), GradeOptions(), ag, slot=3)
+
+
+def test_solution_scores_the_same_in_five_regrades(a1, tmp_path):
+    a, _, _ = a1
+    path = tmp_path / "ada.ipynb"
+    path.write_bytes(a.solution.read_bytes())
+    runs = [_grade_file(a1, path) for _ in range(5)]
+    assert all(r.score == 100 for r in runs)
+    outcomes = {tuple((t.name, t.passed, t.score) for t in r.tests) for r in runs}
+    assert len(outcomes) == 1
+
+
+def _nb_without_kernelspec(a) -> bytes:
+    nb = json.loads(a.solution.read_text())
+    del nb["metadata"]["kernelspec"]
+    return json.dumps(nb).encode()
+
+
+def _nb_of_other_assignment(a) -> bytes:
+    nb = nbformat.read(a.solution, as_version=4)
+    nb.cells[0].source = nb.cells[0].source.replace("01_tensors.ipynb", "02_autodiff.ipynb")
+    return nbformat.writes(nb).encode()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _huge_outputs(a) -> bytes:
+    nb = nbformat.read(a.solution, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.outputs = [nbformat.v4.new_output("stream", text="x" * (21 * 2**20))]
+    return nbformat.writes(nb).encode()
+
+
+BAD = {
+    "invalid_json.ipynb": (lambda a: b"{oops", "not valid notebook JSON"),
+    "truncated.ipynb": (lambda a: a.solution.read_bytes()[:5000], "truncated"),
+    "v3.ipynb": (lambda a: b'{"nbformat": 3, "worksheets": [], "cells": []}', "format v3"),
+    "no_kernelspec.ipynb": (_nb_without_kernelspec, "no kernelspec"),
+    "latin1.ipynb": (lambda a: '{"cells": ["é"]}'.encode("latin-1"), "not UTF-8"),
+    "huge_outputs.ipynb": (_huge_outputs, "MiB"),
+    "other_assignment.ipynb": (_nb_of_other_assignment, "notebook of 02_autodiff"),
+    "traversal.zip": (
+        lambda a: _zip({"../../evil.ipynb": a.solution.read_bytes()}),
+        "unsafe path",
+    ),
+    "bomb.zip": (lambda a: _zip({"nb.ipynb": b"0" * (30 * 2**20)}), "zip bomb"),
+    "two_notebooks.zip": (
+        lambda a: _zip({"a.ipynb": a.solution.read_bytes(), "b.ipynb": a.student.read_bytes()}),
+        "2 notebooks",
+    ),
+    "no_notebook.zip": (lambda a: _zip({"readme.txt": b"hi"}), "no notebook"),
+    "not_a_zip.zip": (lambda a: b"PK\x03\x04 broken", "not a readable zip"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_ungradable_with_a_reason(name, a1, tmp_path):
+    a, specs, _ = a1
+    make, reason = BAD[name]
+    path = tmp_path / name
+    path.write_bytes(make(a))
+    r = _grade_file(a1, path)
+    assert r.status == "ungradable"
+    assert reason in r.reason
+    assert len(r.tests) == len(specs) and r.score == 0
+
+
+def test_zip_with_one_notebook_is_graded(a1, tmp_path):
+    a, _, _ = a1
+    path = tmp_path / "ada.zip"
+    path.write_bytes(_zip({"ada/01_tensors.ipynb": a.solution.read_bytes(), "ada/notes.txt": b""}))
+    assert _grade_file(a1, path).score == 100
+
+
+def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch, capsys):
+    a, specs, _ = a1
+    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "_warned_reduced", False)
+    r = engine.grade(
+        a.solution.read_bytes(),
+        "ada.ipynb",
+        a.id,
+        specs,
+        limits=sandbox.Limits(),
+        files_from=a.student_dir,
+        slot=4,
+    )
+    assert r.score == 100
+    assert r.isolation == "reduced"
+    assert json.loads(json.dumps(r.to_gradescope()))["extra_data"]["isolation"] == "reduced"
+    assert "isolation: reduced" in capsys.readouterr().err
+
+
+def test_full_isolation_is_recorded_when_root(a1, tmp_path):
+    if not sandbox.can_confine():
+        pytest.skip("needs root")
+    a, _, _ = a1
+    path = tmp_path / "ada.ipynb"
+    path.write_bytes(a.solution.read_bytes())
+    r = _grade_file(a1, path)
+    assert r.isolation == "full"
+    assert set(r.timings) == {"startup", "cells", "tests"}
+
+
+def test_student_output_is_kept_and_capped(a1, tmp_path):
+    a, _, _ = a1
+    nb = nbformat.read(a.student, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell("print('hello from the student')\nprint('y' * 10**6)")
+    )
+    path = tmp_path / "chatty.ipynb"
+    path.write_text(nbformat.writes(nb))
+    r = _grade_file(a1, path)
+    assert "hello from the student" in r.student_output
+    assert len(r.student_output) < 60_000
+    assert "more characters not shown" in r.student_output
+
+
+def test_definition_source_is_found_by_parsing_not_running():
+    cells = [
+        "%matplotlib inline\nimport torch\ndef f(x):\n    return x",
+        "raise SystemExit  # never executed",
+        "@staticmethod\ndef g():\n    pass\nclass f:\n    pass",
+    ]
+    assert definition_source(cells, "f").startswith("class f")
+    assert definition_source(cells, "g").startswith("@staticmethod")
+    assert definition_source(cells, "missing") is None
