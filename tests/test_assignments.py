@@ -71,3 +71,23 @@ def test_blank_student_notebook_runs_top_to_bottom(aid, built, tmp_path):
     assert "failed" in outputs.lower()
     assert "Traceback" not in outputs
     assert "did you forget to `return` it?" in outputs or "not filled in" in outputs
+
+
+@pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
+def test_solution_passes_every_public_check_in_a_kernel(aid, built, tmp_path):
+    """What a student who solved everything sees: every grader.check passes in their own kernel."""
+    a = built[aid]
+    work = tmp_path / aid
+    shutil.copytree(a.student_dir, work)
+    shutil.copy(a.solution, work / a.student.name)
+    nb = nbformat.read(work / a.student.name, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
+    checks = [c for c in nb.cells if c.cell_type == "code" and "grader.check(" in c.source]
+    assert checks
+    for c in checks:
+        text = "".join(
+            o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs
+        )
+        assert "All test cases passed" in text, f"{c.source.strip()}: {text[:500]}"

@@ -128,3 +128,16 @@ def test_source_of_reads_function_source():
     assert "def test_source_of_reads_function_source" in tg.source_of(
         test_source_of_reads_function_source
     )
+
+
+def test_source_of_finds_a_class_defined_in_a_notebook_cell():
+    import linecache
+
+    src = "class Cell:\n    @staticmethod\n    def forward(x):\n        return x\n"
+    fname = "<ipython-input-7-0123456789ab>"
+    linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
+    ns: dict = {"__name__": "__main__"}
+    exec(compile(src, fname, "exec"), ns)
+    assert tg.source_of(ns["Cell"]).startswith("class Cell:")
+    with pytest.raises(tg.TestFailure, match="cannot read the source"):
+        tg.source_of(int)

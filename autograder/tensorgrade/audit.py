@@ -55,9 +55,14 @@ def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
     sol, blank = results["solution"], results["blank"]
     if sol.status != "graded" or sol.score != sol.max_score:
         failed = [f"{t.question}:{t.name}" for t in sol.tests if not t.passed]
-        report.problems.append(f"solution scores {sol.score:g}/{sol.max_score:g}; fails {failed}")
+        why = f" ({sol.reason.splitlines()[0]})" if sol.reason else ""
+        report.problems.append(
+            f"solution scores {sol.score:g}/{sol.max_score:g}{why}; fails {failed}"
+        )
     if blank.status != "graded" or blank.score != 0:
-        report.problems.append(f"blank notebook scores {blank.score:g} (status {blank.status})")
+        report.problems.append(
+            f"blank notebook scores {blank.score:g} (status {blank.status}: {blank.reason[:200]})"
+        )
     total = sum(s.points for s in specs)
     mutants = load_mutants(a.mutants) if a.mutants.is_file() else []
     for m in mutants:

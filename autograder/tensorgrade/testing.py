@@ -329,4 +329,29 @@ def source_of(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
     except (OSError, TypeError):
-        raise TestFailure(f"cannot read the source of {getattr(obj, '__name__', obj)!r}") from None
+        pass
+    if isinstance(obj, type):  # a class from a notebook cell: find it through one of its methods
+        src = _class_source_from_methods(obj)
+        if src is not None:
+            return src
+    raise TestFailure(f"cannot read the source of {getattr(obj, '__name__', obj)!r}")
+
+
+def _class_source_from_methods(cls: type) -> str | None:
+    import ast
+    import linecache
+
+    for member in vars(cls).values():
+        func = getattr(member, "__func__", member)
+        code = getattr(func, "__code__", None)
+        if code is None:
+            continue
+        text = "".join(linecache.getlines(code.co_filename))
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                return ast.get_source_segment(text, node)
+    return None

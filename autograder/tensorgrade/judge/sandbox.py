@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,21 @@ from .. import wire
 
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
+
+
+# Environment every sandbox gets (plus PATH, HOME, TMPDIR); nothing else of the judge's leaks in.
+SANDBOX_ENV_FIXED = {
+    "LANG": "C.UTF-8",
+    "MPLBACKEND": "Agg",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONHASHSEED": "0",
+    "NVIDIA_TF32_OVERRIDE": "0",  # full fp32 on Ampere/Hopper: scores must not depend on the GPU
+}
+
+
+def sandbox_threads() -> str:
+    """CPU threads per sandbox: one, so that --jobs N uses N cores (override: OMP_NUM_THREADS)."""
+    return os.environ.get("OMP_NUM_THREADS", "1")
 
 
 class SandboxDied(RuntimeError):
@@ -52,9 +70,20 @@ class Limits:
         return cls(**known)
 
 
+@functools.cache
 def can_confine() -> bool:
-    """Full isolation needs root (to unshare namespaces, mount, and switch uid)."""
-    return os.geteuid() == 0
+    """Full isolation needs root and namespaces (some containers forbid them): probe once."""
+    if os.geteuid() != 0:
+        return False
+    pid = os.fork()
+    if pid == 0:  # the child only calls unshare and exits
+        try:
+            ok = ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNS | CLONE_NEWNET) == 0
+        except Exception:  # noqa: BLE001
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _unshare_namespaces() -> None:  # runs in the child between fork and exec
@@ -71,6 +100,7 @@ class Sandbox:
     files_from: Path | None = None
     confine: bool = field(default_factory=lambda: can_confine())
     proc: subprocess.Popen | None = None
+    pid: int | None = None
     isolation: dict = field(default_factory=dict)
 
     def start(self) -> None:
@@ -113,26 +143,30 @@ class Sandbox:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
             "TMPDIR": str(self.workdir / "tmp"),
-            "LANG": "C.UTF-8",
-            "MPLBACKEND": "Agg",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONHASHSEED": "0",
-            "NVIDIA_TF32_OVERRIDE": "0",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            **SANDBOX_ENV_FIXED,
+            "OMP_NUM_THREADS": sandbox_threads(),
         }
         for k in ("CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "VIRTUAL_ENV"):
             if k in os.environ:
                 env[k] = os.environ[k]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorgrade.sandbox.worker", json.dumps(cfg)],
-            pass_fds=(req_r, resp_w),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr_file(),
-            env=env,
-            cwd="/",
-            preexec_fn=_unshare_namespaces if self.confine else os.setsid,
-        )
+        zyg = Zygote.get()
+        if zyg is not None:
+            cfg["env"], cfg["unshare"] = env, self.confine
+            cfg["stderr_path"] = str(self.base / "stderr.txt")
+            self.stderr_path = self.base / "stderr.txt"
+            self.pid = zyg.spawn(cfg, (req_r, resp_w))
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tensorgrade.sandbox.worker", json.dumps(cfg)],
+                pass_fds=(req_r, resp_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr_file(),
+                env=env,
+                cwd="/",
+                preexec_fn=_unshare_namespaces if self.confine else os.setsid,
+            )
+            self.pid = self.proc.pid
         os.close(req_r)
         os.close(resp_w)
         try:
@@ -154,7 +188,7 @@ class Sandbox:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - n))
                 return f.read().decode("utf-8", "replace").strip()
-        except OSError:
+        except (OSError, AttributeError, TypeError):
             return ""
 
     def request(self, header: dict, timeout: float, portable_type=None) -> tuple[dict, bytes, list]:
@@ -192,11 +226,17 @@ class Sandbox:
                 raise
             raise wire.WireError("the sandbox sent a malformed message") from None
 
+    def _exit_code(self, timeout: float) -> int | None:
+        if self.proc is not None:
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        zyg = Zygote.get()
+        return zyg.status(self.pid, timeout) if zyg is not None and self.pid else None
+
     def _death(self) -> str:
-        try:
-            code = self.proc.wait(timeout=2) if self.proc else None
-        except subprocess.TimeoutExpired:
-            code = None
+        code = self._exit_code(2.0)
         if code is None:
             return "the process stopped answering"
         if code < 0:
@@ -207,12 +247,13 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill the sandbox and everything its uid left running, then remove its files."""
-        if self.proc is not None:
+        if self.pid:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            self.proc.wait()
+            self._exit_code(5.0)
+            self.pid = None
         if self.confine:
             reap_uid(self.uid)
         for fd in (getattr(self, "req_w", None), getattr(self, "resp_r", None)):
@@ -225,6 +266,64 @@ class Sandbox:
         if getattr(self, "_lock", None) is not None:
             self._lock.close()  # releases the uid for the next sandbox
             self._lock = None
+
+
+class Zygote:
+    """The judge's handle on the fork server (``tensorgrade.sandbox.zygote``), one per process."""
+
+    _instance: Zygote | None = None
+    _failed = False
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorgrade.sandbox.zygote", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            # what torch reads at import time must already be the sandbox's settings
+            env={**os.environ, **SANDBOX_ENV_FIXED, "OMP_NUM_THREADS": sandbox_threads()},
+        )
+        theirs.close()
+        self.sock = mine
+        self.sock.settimeout(120)
+        if json.loads(self.sock.recv(4096)).get("ready") is not True:
+            raise OSError("zygote did not start")
+        self.sock.settimeout(30)
+
+    @classmethod
+    def get(cls) -> Zygote | None:
+        """The running zygote, started on first use; None (spawn directly) if it cannot run."""
+        if os.environ.get("TENSORGRADE_NO_ZYGOTE"):
+            return None
+        with cls._lock:
+            if cls._instance is not None and cls._instance.proc.poll() is None:
+                return cls._instance
+            if cls._failed:
+                return None
+            try:
+                cls._instance = Zygote()
+            except (OSError, ValueError):
+                cls._failed = True
+                return None
+            return cls._instance
+
+    def _ask(self, msg: dict, fds: tuple[int, ...] = ()) -> dict:
+        with self._lock:
+            socket.send_fds(self.sock, [json.dumps(msg).encode()], list(fds))
+            return json.loads(self.sock.recv(1 << 16))
+
+    def spawn(self, cfg: dict, fds: tuple[int, int]) -> int:
+        return int(self._ask({"op": "spawn", "cfg": cfg}, fds)["pid"])
+
+    def status(self, pid: int, timeout: float) -> int | None:
+        try:
+            return self._ask({"op": "status", "pid": pid, "timeout": timeout}).get("code")
+        except (OSError, ValueError):
+            return None
 
 
 MAX_SLOTS = 4096

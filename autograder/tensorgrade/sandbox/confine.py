@@ -28,6 +28,17 @@ SYSTEM_DIRS = [
 ]
 
 
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+
+
+def unshare_namespaces() -> None:
+    """Leave the machine's network (none is left) and mount table (so mounts stay private)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+
+
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]

@@ -40,8 +40,29 @@ def _error_text(e: BaseException) -> str:
 
 
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
+    """Entry point when started directly by the judge (the zygote calls ``run`` instead)."""
+    run(json.loads(sys.argv[1]))
+
+
+def run(cfg: dict) -> None:
+    if cfg.get("stderr_path"):  # forked by the zygote: take stdout/stderr away from it
+        err = os.open(cfg["stderr_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(err, 2)
+        os.dup2(null, 1)
+        os.close(err)
+        os.close(null)
+    if cfg.get("env") is not None:
+        os.environ.clear()
+        os.environ.update(cfg["env"])
+    if cfg.get("unshare") is not None:  # forked by the zygote, which imported torch already
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if cfg.get("unshare"):  # forked by the zygote: enter the namespaces here
+        from .confine import unshare_namespaces
+
+        unshare_namespaces()
     isolation = {"namespaces": cfg.get("namespaces", False), "visible": [], "uid": os.getuid()}
     if cfg.get("confine"):
         from .confine import drop_privileges, enter_root, set_limits
@@ -56,7 +77,11 @@ def main() -> None:
 
         set_limits(cfg.get("limits", {}))
     os.chdir(cfg["workdir"])
+    serve(cfg, isolation)
 
+
+def serve(cfg: dict, isolation: dict) -> None:
+    req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
     import torch  # noqa: F401  (imported before any student code, like a kernel would)
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
