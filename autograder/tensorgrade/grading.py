@@ -106,6 +106,7 @@ def grade_one(
             limits=load_limits(a),
             files_from=a.student_dir,
             slot=slot,
+            forbidden=[a.root / "solutions", a.root / "dist", a.root / "tests"],
         )
     else:
         res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)

@@ -37,6 +37,7 @@ class Session:
     files_from: Path | None
     slot: int
     cells: list[str]
+    forbidden: list[Path] = field(default_factory=list)
     sandbox: Sandbox | None = None
     uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
@@ -44,7 +45,7 @@ class Session:
     restart_needed: str = ""
 
     def start(self) -> None:
-        self.sandbox = Sandbox(self.slot, self.limits, self.files_from)
+        self.sandbox = Sandbox(self.slot, self.limits, self.files_from, self.forbidden)
         self.sandbox.start()
         self.uids.append(self.sandbox.uid)
 
@@ -93,6 +94,7 @@ def grade(
     limits: Limits,
     files_from: Path | None = None,
     slot: int = 0,
+    forbidden: list[Path] | None = None,
 ) -> SubmissionResult:
     global _warned_reduced
     start = time.monotonic()
@@ -134,7 +136,7 @@ def grade(
     deadline = start + limits.submission_timeout
     notes: list[str] = []
     stdout: list[str] = []
-    session = Session(limits, files_from, slot, cells)
+    session = Session(limits, files_from, slot, cells, list(forbidden or []))
     try:
         try:
             session.start()

@@ -98,6 +98,7 @@ class Sandbox:
     slot: int
     limits: Limits
     files_from: Path | None = None
+    forbidden: list[Path] = field(default_factory=list)  # never visible inside (masters, dist)
     confine: bool = field(default_factory=lambda: can_confine())
     proc: subprocess.Popen | None = None
     pid: int | None = None
@@ -129,7 +130,7 @@ class Sandbox:
             "uid": self.uid,
             "gid": self.uid,
             "newroot": str(self.base / "root"),
-            "readonly": visible_paths(),
+            "readonly": visible_paths(self.forbidden),
             "stdout_cap": self.limits.stdout_chars,
             "limits": {
                 "processes": self.limits.processes,
@@ -146,7 +147,13 @@ class Sandbox:
             **SANDBOX_ENV_FIXED,
             "OMP_NUM_THREADS": sandbox_threads(),
         }
-        for k in ("CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "VIRTUAL_ENV"):
+        for k in (
+            "CUDA_VISIBLE_DEVICES",
+            "OPENBLAS_CORETYPE",
+            "OPENBLAS_L2_SIZE",
+            "VIRTUAL_ENV",
+            "PYTHONPATH",
+        ):
             if k in os.environ:
                 env[k] = os.environ[k]
         zyg = Zygote.get()
@@ -382,12 +389,23 @@ def uid_processes(uid: int) -> list[int]:
     return pids
 
 
-def visible_paths() -> list[str]:
-    """What the sandbox sees besides the system dirs: the interpreter and the tensorgrade package."""
+def visible_paths(forbidden: list[Path] = ()) -> list[str]:
+    """What the sandbox sees besides the system dirs: the interpreter, its site dirs, PYTHONPATH
+    entries and the tensorgrade package — never a directory that holds a ``forbidden`` one."""
     import tensorgrade
 
     paths = {sys.prefix, sys.base_prefix, str(Path(tensorgrade.__file__).parent)}
-    return sorted(p for p in paths if not any(p.startswith(d + "/") for d in ("/usr", "/etc")))
+    paths |= {p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")}
+    paths |= {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    out = []
+    for p in sorted(paths):
+        rp = Path(p).resolve()
+        if not rp.is_dir() or any(str(rp).startswith(d + "/") for d in ("/usr", "/etc")):
+            continue
+        if any(rp == f.resolve() or rp in f.resolve().parents for f in forbidden):
+            continue
+        out.append(str(rp))
+    return out
 
 
 def _cuda_present() -> bool:
