@@ -127,6 +127,21 @@ def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch,
     assert "isolation: reduced" in capsys.readouterr().err
 
 
+def test_reduced_isolation_can_be_asked_for_and_is_recorded(a1):
+    a, specs, _ = a1
+    r = engine.grade(
+        a.solution.read_bytes(),
+        "ada.ipynb",
+        a.id,
+        specs,
+        limits=sandbox.Limits(),
+        files_from=a.student_dir,
+        isolation="reduced",
+    )
+    assert r.score == 100
+    assert r.isolation == "reduced" and r.sandbox_uids == []
+
+
 def test_full_isolation_is_recorded_when_root(a1, tmp_path):
     if not sandbox.can_confine():
         pytest.skip("needs root")

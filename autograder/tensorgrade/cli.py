@@ -59,6 +59,7 @@ def _grade(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         force=args.force,
         progress=not args.quiet,
+        isolation=args.isolation,
     )
     try:
         results = grade_batch(root, args.paths, args.output, opts, args.assignment)
@@ -177,6 +178,13 @@ def make_parser() -> argparse.ArgumentParser:
         "limits from solutions/<id>/grading.yml",
     )
     g.add_argument("--force", action="store_true", help="regrade even if a result is up to date")
+    g.add_argument(
+        "--isolation",
+        choices=["full", "reduced"],
+        default="full",
+        help="trusted engine: full (default; needs root) or reduced (no namespaces, private root "
+        "or separate uid: only where full isolation breaks the GPU; recorded in every result)",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_grade)
 

@@ -39,6 +39,7 @@ class GradeOptions:
     timeout: float = 900.0
     force: bool = False
     progress: bool = True
+    isolation: str = "full"  # "reduced": no namespaces/private root/uid (recorded in results)
 
 
 def infer_assignment(root: Path, sub: Submission) -> Assignment:
@@ -107,6 +108,7 @@ def grade_one(
             files_from=a.student_dir,
             slot=slot,
             forbidden=[a.root / "solutions", a.root / "dist", a.root / "tests"],
+            isolation=opts.isolation,
         )
     else:
         res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)

@@ -144,6 +144,8 @@ class Sandbox:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
             "TMPDIR": str(self.workdir / "tmp"),
+            "USER": "student",
+            "LOGNAME": "student",
             **SANDBOX_ENV_FIXED,
             "OMP_NUM_THREADS": sandbox_threads(),
         }
@@ -153,6 +155,9 @@ class Sandbox:
             "OPENBLAS_L2_SIZE",
             "VIRTUAL_ENV",
             "PYTHONPATH",
+            "LD_LIBRARY_PATH",  # GPU driver libraries may live outside /usr
+            "CUDA_MPS_PIPE_DIRECTORY",
+            "CUDA_MPS_LOG_DIRECTORY",
         ):
             if k in os.environ:
                 env[k] = os.environ[k]
@@ -189,7 +194,7 @@ class Sandbox:
         self.stderr_path = self.base / "stderr.txt"
         return open(self.stderr_path, "wb")
 
-    def stderr_tail(self, n: int = 600) -> str:
+    def stderr_tail(self, n: int = 1500) -> str:
         try:
             with open(self.stderr_path, "rb") as f:
                 f.seek(0, 2)
@@ -396,7 +401,11 @@ def visible_paths(forbidden: list[Path] = ()) -> list[str]:
 
     paths = {sys.prefix, sys.base_prefix, str(Path(tensorgrade.__file__).parent)}
     paths |= {p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")}
-    paths |= {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    for var in ("PYTHONPATH", "LD_LIBRARY_PATH"):
+        paths |= {p for p in os.environ.get(var, "").split(os.pathsep) if p}
+    # GPU helpers a CUDA client may need to reach: the MPS pipe and the persistence daemon
+    paths |= {os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")}
+    paths |= {"/run/nvidia-persistenced", "/var/run/nvidia-persistenced"}
     out = []
     for p in sorted(paths):
         rp = Path(p).resolve()

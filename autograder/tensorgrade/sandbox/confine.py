@@ -57,7 +57,7 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
 def _bind(src: str, dst: str, writable: bool) -> None:
     if os.path.isdir(src):
         os.makedirs(dst, exist_ok=True)
-    else:
+    elif not os.path.exists(dst):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         open(dst, "a").close()
     _mount(src, dst, None, MS_BIND | MS_REC, None)
@@ -65,7 +65,9 @@ def _bind(src: str, dst: str, writable: bool) -> None:
         _mount("none", dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
 
 
-def enter_root(newroot: str, readonly: list[str], writable: list[str]) -> list[str]:
+def enter_root(
+    newroot: str, readonly: list[str], writable: list[str], accounts: dict[str, str] | None = None
+) -> list[str]:
     """Switch to a root that holds only the system, the Python installation and the workdir.
 
     Everything else on the machine (masters, hidden tests, other submissions, results, homes)
@@ -79,7 +81,8 @@ def enter_root(newroot: str, readonly: list[str], writable: list[str]) -> list[s
         if os.path.islink(d):
             os.symlink(os.readlink(d), newroot + d)
         elif os.path.isdir(d):
-            _bind(d, newroot + d, writable=False)
+            # /dev stays as it is (GPU device nodes are opened read-write; /dev is root-owned)
+            _bind(d, newroot + d, writable=(d == "/dev"))
             shown.append(d)
     for p in readonly:
         if os.path.exists(p):
@@ -88,6 +91,11 @@ def enter_root(newroot: str, readonly: list[str], writable: list[str]) -> list[s
     for p in writable:
         _bind(p, newroot + p, writable=True)
         shown.append(p)
+    for name, text in (accounts or {}).items():  # so that getpwuid() knows the sandbox uid
+        path = os.path.join(os.path.dirname(newroot), name)
+        with open(path, "w") as f:
+            f.write(text)
+        _bind(path, newroot + "/etc/" + name, writable=False)
     os.makedirs(newroot + "/tmp", exist_ok=True)
     os.chmod(newroot + "/tmp", 0o1777)
     os.chroot(newroot)

@@ -68,7 +68,12 @@ def run(cfg: dict) -> None:
         from .confine import drop_privileges, enter_root, set_limits
 
         if cfg.get("namespaces"):
-            isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [cfg["workdir"]])
+            uid, home = cfg["uid"], cfg["workdir"]
+            accounts = {
+                "passwd": f"root:x:0:0::/root:/bin/sh\nstudent:x:{uid}:{uid}::{home}:/bin/sh\n",
+                "group": f"root:x:0:\nstudent:x:{uid}:\n",
+            }
+            isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [home], accounts)
         set_limits(cfg.get("limits", {}))
         drop_privileges(cfg["uid"], cfg["gid"])
         isolation["uid"] = os.getuid()
