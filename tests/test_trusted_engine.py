@@ -107,20 +107,24 @@ def test_zip_with_one_notebook_is_graded(a1, tmp_path):
     assert _grade_file(a1, path).score == 100
 
 
-def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch, capsys):
-    a, specs, _ = a1
-    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
-    monkeypatch.setattr(engine, "can_confine", lambda: False)
-    monkeypatch.setattr(engine, "_warned_reduced", False)
-    r = engine.grade(
+def _grade_solution_directly(a, specs, **kwargs):
+    return engine.grade(
         a.solution.read_bytes(),
         "ada.ipynb",
         a.id,
         specs,
         limits=sandbox.Limits(),
         files_from=a.student_dir,
-        slot=4,
+        **kwargs,
     )
+
+
+def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch, capsys):
+    a, specs, _ = a1
+    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "_warned_reduced", False)
+    r = _grade_solution_directly(a, specs)
     assert r.score == 100
     assert r.isolation == "reduced"
     assert json.loads(json.dumps(r.to_gradescope()))["extra_data"]["isolation"] == "reduced"
@@ -129,15 +133,7 @@ def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch,
 
 def test_reduced_isolation_can_be_asked_for_and_is_recorded(a1):
     a, specs, _ = a1
-    r = engine.grade(
-        a.solution.read_bytes(),
-        "ada.ipynb",
-        a.id,
-        specs,
-        limits=sandbox.Limits(),
-        files_from=a.student_dir,
-        isolation="reduced",
-    )
+    r = _grade_solution_directly(a, specs, isolation="reduced")
     assert r.score == 100
     assert r.isolation == "reduced" and r.sandbox_uids == []
 

@@ -10,16 +10,25 @@ from pathlib import Path
 from . import __version__
 
 
-def _build(args: argparse.Namespace) -> int:
-    from .build import BuildError, build_one, stale_files, write_student
+class _UsageError(Exception):
+    """Bad input from the command line: printed as `error: ...`, exit status 2."""
+
+
+def _assignments(ids: list[str] | None):
+    """The course root and the named assignments (all when none are named)."""
     from .course import find_root, get_assignments
 
     root = find_root()
     try:
-        assignments = get_assignments(root, args.ids)
+        return root, get_assignments(root, ids)
     except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
+        raise _UsageError(e.args[0]) from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import BuildError, build_one, stale_files, write_student
+
+    root, assignments = _assignments(args.ids)
     if not assignments:
         print(f"error: no master notebooks under {root / 'solutions'}", file=sys.stderr)
         return 2
@@ -78,14 +87,8 @@ def _grade(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from .audit import audit, format_report
-    from .course import find_root, get_assignments
 
-    root = find_root()
-    try:
-        assignments = get_assignments(root, args.ids)
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
+    _, assignments = _assignments(args.ids)
     ok = True
     for a in assignments:
         if not a.autograder_zip.is_file():
@@ -99,15 +102,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _examples(args: argparse.Namespace) -> int:
-    from .course import find_root, get_assignments
     from .mutants import submissions
 
-    root = find_root()
-    try:
-        (a,) = get_assignments(root, [args.id])
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
+    _, (a,) = _assignments([args.id])
     if not a.solution.is_file():
         print(f"error: {a.id} is not built: run `tensorgrade build {a.id}`", file=sys.stderr)
         return 2
@@ -219,7 +216,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (_UsageError, FileNotFoundError) as e:
+        print(f"error: {e.args[-1] if e.args else e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -75,8 +75,7 @@ def randn(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Standard normal samples drawn on the CPU from ``seed``, then moved: same values on any device."""
-    g = generator(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    return _draw(torch.randn, shape, seed, dtype, device)
 
 
 def rand(
@@ -86,8 +85,12 @@ def rand(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Uniform [0, 1) samples drawn on the CPU from ``seed``, then moved."""
-    g = generator(seed)
-    return torch.rand(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    return _draw(torch.rand, shape, seed, dtype, device)
+
+
+def _draw(sampler, shape, seed: int, dtype: torch.dtype, device) -> torch.Tensor:
+    x = sampler(*shape, generator=generator(seed), dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
 
 
 def devices() -> list[str]:
