@@ -172,3 +172,17 @@ def test_definition_source_is_found_by_parsing_not_running():
     assert definition_source(cells, "f").startswith("class f")
     assert definition_source(cells, "g").startswith("@staticmethod")
     assert definition_source(cells, "missing") is None
+
+
+def test_a_sandbox_that_keeps_crashing_is_given_up_on(a1, tmp_path):
+    a, specs, _ = a1
+    nb = nbformat.read(a.student, as_version=4)
+    names = sorted({p for s in specs for p in __import__("inspect").signature(s.func).parameters})
+    crash = "import os\n" + "\n".join(f"def {n}(*a, **k):\n    os._exit(1)" for n in names)
+    nb.cells.append(nbformat.v4.new_code_cell(crash))
+    path = tmp_path / "crasher.ipynb"
+    path.write_text(nbformat.writes(nb))
+    r = _grade_file(a1, path)
+    assert r.status == "graded" and r.score == 0 and len(r.tests) == len(specs)
+    assert any("your code ended the sandbox" in t.output for t in r.tests)
+    assert r.execution_time < 120

@@ -44,6 +44,7 @@ class Session:
     good_cells: list[str] = field(default_factory=list)
     hidden_inputs_sent: bool = False
     restart_needed: str = ""
+    restarts: int = 0
 
     def start(self) -> None:
         self.sandbox = Sandbox(
@@ -54,6 +55,7 @@ class Session:
             self.uids.append(self.sandbox.uid)
 
     def restart(self, deadline: float) -> None:
+        self.restarts += 1
         self.close()
         self.start()
         for src in self.good_cells:
@@ -186,6 +188,12 @@ def grade(
         header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
         present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
         for s in specs:
+            if session.restart_needed and session.restarts >= limits.max_restarts:
+                why = f"not run: your code ended the sandbox {session.restarts + 1} times"
+                result.tests.append(
+                    TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
+                )
+                continue
             if session.restart_needed:
                 session.restart(deadline)
             if time.monotonic() > deadline:

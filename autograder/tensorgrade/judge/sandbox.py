@@ -60,6 +60,7 @@ class Limits:
     processes: int = 512
     file_mb: int = 64
     stdout_chars: int = 20000
+    max_restarts: int = 8  # crashes during the tests after which the remaining tests are not run
 
     @classmethod
     def from_dict(cls, d: dict) -> Limits:
@@ -239,6 +240,12 @@ class Sandbox:
             raise wire.WireError("the sandbox sent a malformed message") from None
 
     def _exit_code(self, timeout: float) -> int | None:
+        if getattr(self, "_code", None) is not None:
+            return self._code
+        self._code = self._wait_exit(timeout)
+        return self._code
+
+    def _wait_exit(self, timeout: float) -> int | None:
         if self.proc is not None:
             try:
                 return self.proc.wait(timeout=timeout)
