@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,12 @@ def test_committed_student_notebooks_are_fresh_and_builds_reproducible(aid, root
     second = build_one(a, write_dist=False)
     assert first.student_files == second.student_files, "two builds must be byte-identical"
     assert stale_files(first) == [], "run `tensorgrade build` and commit assignments/"
+    tracked = subprocess.run(
+        ["git", "ls-files", str(a.student_dir)], cwd=root, capture_output=True, text=True
+    ).stdout.split()
+    extra = {Path(p).relative_to(a.student_dir.relative_to(root)).as_posix() for p in tracked}
+    extra -= set(first.student_files)
+    assert not extra, f"files in assignments/{aid}/ that the build does not make: {sorted(extra)}"
 
 
 def test_build_check_names_a_stale_notebook(root, tmp_path):
