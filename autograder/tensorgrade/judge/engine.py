@@ -103,127 +103,38 @@ def grade(
     forbidden: list[Path] | None = None,
     isolation: str = "full",
 ) -> SubmissionResult:
-    global _warned_reduced
+    """Grade one notebook: check it, run its cells in a sandbox, run every test here."""
     start = time.monotonic()
     result = SubmissionResult(assignment_id, name, "trusted", "graded")
     confine = isolation == "full" and can_confine()
     result.isolation = "full" if confine else "reduced"
-    if not confine and not _warned_reduced:
-        why = "asked for" if isolation != "full" else "not root, or namespaces are not allowed"
-        print(
-            f"WARNING: student code runs WITHOUT namespaces, a private root or a separate uid "
-            f"({why}): isolation: reduced, recorded in every result.",
-            file=sys.stderr,
-        )
-        _warned_reduced = True
-
-    def zero_all(why: str) -> SubmissionResult:
-        result.status, result.reason = "ungradable", why
-        result.tests = [
-            TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden) for s in specs
-        ]
-        result.execution_time = time.monotonic() - start
-        return result
+    _warn_if_reduced(confine, isolation)
 
     try:
-        nb = parse_notebook(nb_bytes, name)
+        nb = _checked_notebook(nb_bytes, name, assignment_id)
     except Ungradable as e:
-        return zero_all(str(e))
-    ks = nb.get("metadata", {}).get("kernelspec")
-    if not isinstance(ks, dict) or not ks.get("name"):
-        return zero_all(
-            f"{name} has no kernelspec: open it in Jupyter, choose the Python 3 kernel, save, "
-            "and resubmit"
-        )
-    if "python" not in (str(ks.get("language", "python")) + str(ks.get("name"))).lower():
-        return zero_all(f"{name} uses the kernel {ks.get('name')!r}, not Python")
-    other = _wrong_assignment(nb, assignment_id)
-    if other:
-        return zero_all(f"{name} is the notebook of {other}, not {assignment_id}")
+        return _ungradable(result, specs, str(e), start)
 
     cells = [strip_otter(cell_source(c)) for c in nb["cells"] if c.get("cell_type") == "code"]
     deadline = start + limits.submission_timeout
+    session = Session(limits, files_from, slot, cells, list(forbidden or []), confine)
     notes: list[str] = []
     stdout: list[str] = []
-    session = Session(limits, files_from, slot, cells, list(forbidden or []), confine)
     try:
         try:
             session.start()
         except (SandboxDied, SandboxTimeout) as e:
-            return zero_all(f"the sandbox could not start: {e}")
-        if session.sandbox.isolation.get("uid") == 0 and result.isolation == "full":
+            return _ungradable(result, specs, f"the sandbox could not start: {e}", start)
+        if session.sandbox.isolation.get("uid") == 0:
             result.isolation = "reduced"
-        t_cells = time.monotonic()
-        result.timings["startup"] = round(t_cells - start, 3)
-        for i, src in enumerate(cells, start=1):
-            if not src:
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                notes.append(
-                    f"the submission ran out of time ({limits.submission_timeout:g} s) at cell {i}"
-                )
-                break
-            timeout = min(limits.cell_timeout, left)
-            try:
-                header, _, _ = session.sandbox.request({"op": "run", "source": src}, timeout)
-            except SandboxTimeout:
-                notes.append(f"cell {i} did not finish within {timeout:g} s")
-                session.restart(deadline)
-                continue
-            except SandboxDied as e:
-                notes.append(f"cell {i} ended the process ({e})")
-                session.restart(deadline)
-                continue
-            if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
-                stdout.append(f"[cell {i}]\n{header['stdout']}")
-            if header.get("ok"):
-                session.good_cells.append(src)
-            else:
-                notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
-
-        t_tests = time.monotonic()
-        result.timings["cells"] = round(t_tests - t_cells, 3)
-        names = sorted({p for s in specs for p in inspect.signature(s.func).parameters})
-        header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
-        present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
-        for s in specs:
-            if session.restart_needed and session.restarts >= limits.max_restarts:
-                why = f"not run: your code ended the sandbox {session.restarts + 1} times"
-                result.tests.append(
-                    TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
-                )
-                continue
-            if session.restart_needed:
-                session.restart(deadline)
-            if time.monotonic() > deadline:
-                why = "not run: the submission ran out of time"
-                result.tests.append(
-                    TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
-                )
-                continue
-            kwargs = {
-                p: (Proxy(session, p) if p in present else None)
-                for p in inspect.signature(s.func).parameters
-            }
-            try:
-                s.func(**kwargs)
-                passed, out = True, "passed"
-            except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
-                passed, out = False, _feedback(e, s.hidden)
-            result.tests.append(
-                TestResult(
-                    s.question, s.name, s.points if passed else 0.0, s.points, passed, out, s.hidden
-                )
-            )
+        result.timings["startup"] = round(time.monotonic() - start, 3)
+        _run_cells(session, deadline, notes, stdout)
+        result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
+        _run_tests(session, specs, deadline, result.tests)
     except (SandboxDied, SandboxTimeout) as e:
         done = {(t.question, t.name) for t in result.tests}
         why = f"not run: the sandbox failed ({e})"
-        result.tests += [
-            TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
-            for s in specs
-            if (s.question, s.name) not in done
-        ]
+        result.tests += [_not_run(s, why) for s in specs if (s.question, s.name) not in done]
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.sandbox_uids = sorted(set(session.uids))
@@ -234,3 +145,109 @@ def grade(
         done = sum(result.timings.values())
         result.timings["tests"] = round(result.execution_time - done, 3)
     return result
+
+
+def _warn_if_reduced(confine: bool, isolation: str) -> None:
+    global _warned_reduced
+    if confine or _warned_reduced:
+        return
+    why = "asked for" if isolation != "full" else "not root, or namespaces are not allowed"
+    print(
+        f"WARNING: student code runs WITHOUT namespaces, a private root or a separate uid "
+        f"({why}): isolation: reduced, recorded in every result.",
+        file=sys.stderr,
+    )
+    _warned_reduced = True
+
+
+def _checked_notebook(nb_bytes: bytes, name: str, assignment_id: str) -> dict:
+    """The parsed notebook, or Ungradable with a reason a student can act on."""
+    nb = parse_notebook(nb_bytes, name)
+    ks = nb.get("metadata", {}).get("kernelspec")
+    if not isinstance(ks, dict) or not ks.get("name"):
+        raise Ungradable(
+            f"{name} has no kernelspec: open it in Jupyter, choose the Python 3 kernel, save, "
+            "and resubmit"
+        )
+    if "python" not in (str(ks.get("language", "python")) + str(ks.get("name"))).lower():
+        raise Ungradable(f"{name} uses the kernel {ks.get('name')!r}, not Python")
+    other = _wrong_assignment(nb, assignment_id)
+    if other:
+        raise Ungradable(f"{name} is the notebook of {other}, not {assignment_id}")
+    return nb
+
+
+def _ungradable(
+    result: SubmissionResult, specs: list[TestSpec], why: str, start: float
+) -> SubmissionResult:
+    result.status, result.reason = "ungradable", why
+    result.tests = [_not_run(s, why) for s in specs]
+    result.execution_time = time.monotonic() - start
+    return result
+
+
+def _not_run(s: TestSpec, why: str) -> TestResult:
+    return TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
+
+
+def _run_cells(session: Session, deadline: float, notes: list[str], stdout: list[str]) -> None:
+    """Run the student's cells; a cell that hangs or kills the process is skipped, not fatal."""
+    limits = session.limits
+    for i, src in enumerate(session.cells, start=1):
+        if not src:
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            notes.append(
+                f"the submission ran out of time ({limits.submission_timeout:g} s) at cell {i}"
+            )
+            return
+        timeout = min(limits.cell_timeout, left)
+        try:
+            header, _, _ = session.sandbox.request({"op": "run", "source": src}, timeout)
+        except SandboxTimeout:
+            notes.append(f"cell {i} did not finish within {timeout:g} s")
+            session.restart(deadline)
+            continue
+        except SandboxDied as e:
+            notes.append(f"cell {i} ended the process ({e})")
+            session.restart(deadline)
+            continue
+        if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
+            stdout.append(f"[cell {i}]\n{header['stdout']}")
+        if header.get("ok"):
+            session.good_cells.append(src)
+        else:
+            notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
+
+
+def _run_tests(
+    session: Session, specs: list[TestSpec], deadline: float, out: list[TestResult]
+) -> None:
+    """Call every test function here, with proxies for the names the sandbox defines."""
+    limits = session.limits
+    names = sorted({p for s in specs for p in inspect.signature(s.func).parameters})
+    header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
+    present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
+    for s in specs:
+        if session.restart_needed and session.restarts >= limits.max_restarts:
+            out.append(
+                _not_run(s, f"not run: your code ended the sandbox {session.restarts + 1} times")
+            )
+            continue
+        if session.restart_needed:
+            session.restart(deadline)
+        if time.monotonic() > deadline:
+            out.append(_not_run(s, "not run: the submission ran out of time"))
+            continue
+        kwargs = {
+            p: (Proxy(session, p) if p in present else None)
+            for p in inspect.signature(s.func).parameters
+        }
+        try:
+            s.func(**kwargs)
+            passed, text = True, "passed"
+        except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
+            passed, text = False, _feedback(e, s.hidden)
+        score = s.points if passed else 0.0
+        out.append(TestResult(s.question, s.name, score, s.points, passed, text, s.hidden))
