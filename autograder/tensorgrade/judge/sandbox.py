@@ -366,9 +366,12 @@ def acquire_uid(preferred: int) -> tuple[int, object]:
     raise SandboxDied("no free sandbox uid")
 
 
-def reap_uid(uid: int) -> None:
-    """SIGKILL every process of ``uid`` (daemons that left the process group included)."""
-    for _ in range(5):
+def reap_uid(uid: int, patience: float = 20.0) -> None:
+    """SIGKILL every process of ``uid`` (daemons that left the process group included), until
+    none is left alive. Hundreds of processes (a fork bomb) can take a while to die on a busy
+    machine, so this keeps killing and checking for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
         pid = os.fork()
         if pid == 0:
             try:
@@ -379,9 +382,9 @@ def reap_uid(uid: int) -> None:
                 pass
             os._exit(0)
         os.waitpid(pid, 0)
-        if not uid_processes(uid):
+        if not uid_processes(uid) or time.monotonic() > deadline:
             return
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def uid_processes(uid: int) -> list[int]:
