@@ -23,10 +23,11 @@ from .results import (
     SubmissionResult,
     atomic_write_text,
     grades_csv,
+    not_run,
     read_results_json,
     write_results_json,
 )
-from .submissions import Submission, Ungradable, load, read_bytes, sha256
+from .submissions import Submission, Ungradable, notebook_bytes, read_bytes, sha256
 from .testfiles import TestSpec, load_tests
 
 ENGINES = ("trusted", "otter")
@@ -85,16 +86,15 @@ def grade_one(
     ag: str,
     slot: int = 0,
 ):
+    raw = b""
     try:
-        data = load(sub.path)
+        raw = read_bytes(sub.path)
+        data = notebook_bytes(raw, sub.path)
     except (Ungradable, OSError) as e:
         res = SubmissionResult(a.id, sub.key, opts.engine, "ungradable", reason=str(e))
-        res.tests = [otter_engine._zero(s, str(e)) for s in specs]
+        res.tests = [not_run(s, str(e)) for s in specs]
+        res.source_sha256 = sha256(raw) if raw else ""
         res.autograder_sha256 = ag
-        try:
-            res.source_sha256 = sha256(read_bytes(sub.path))
-        except (Ungradable, OSError):
-            pass
         return res
     if opts.engine == "trusted":
         from .judge import engine
@@ -113,7 +113,7 @@ def grade_one(
     else:
         res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)
     res.assignment, res.submission = a.id, sub.key
-    res.source_sha256, res.autograder_sha256 = sha256(read_bytes(sub.path)), ag
+    res.source_sha256, res.autograder_sha256 = sha256(raw), ag
     return res
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .results import SubmissionResult, TestResult
+from .results import SubmissionResult, TestResult, not_run
 from .submissions import Ungradable, parse_notebook
 from .testfiles import TestSpec
 
@@ -37,7 +37,7 @@ def grade(
         otter_json = _run_otter(nb_bytes, autograder_zip, timeout)
     except Ungradable as e:
         result.status, result.reason = "ungradable", str(e)
-        result.tests = [_zero(s, str(e)) for s in specs]
+        result.tests = [not_run(s, str(e)) for s in specs]
         result.execution_time = time.monotonic() - start
         return result
     result.tests = _per_test(otter_json, specs)
@@ -106,7 +106,3 @@ def _case_output(text: str, s: TestSpec) -> str:
     j = rest.find(" result:\n")
     block = rest if j < 0 else rest[: rest.rfind("\n", 0, j)]
     return block.strip()[:2000]
-
-
-def _zero(s: TestSpec, why: str) -> TestResult:
-    return TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)

@@ -43,6 +43,11 @@ class TestResult:
         }
 
 
+def not_run(spec, why: str) -> TestResult:
+    """Zero points for a test (any object with question, name, points, hidden) with a reason."""
+    return TestResult(spec.question, spec.name, 0.0, spec.points, False, why, spec.hidden)
+
+
 @dataclass
 class SubmissionResult:
     assignment: str

@@ -68,12 +68,11 @@ def read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def load(path: Path) -> bytes:
-    """The notebook bytes of a submission: a notebook file, or a zip holding exactly one."""
-    data = read_bytes(path)
+def notebook_bytes(raw: bytes, path: Path) -> bytes:
+    """The notebook inside a submission's bytes: the file itself, or the one notebook of a zip."""
     if path.suffix.lower() != ".zip":
-        return data
-    return _notebook_from_zip(data, path.name)
+        return raw
+    return _notebook_from_zip(raw, path.name)
 
 
 def _notebook_from_zip(data: bytes, name: str) -> bytes:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import SubmissionResult, TestResult
+from ..results import SubmissionResult, TestResult, not_run
 from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
 from .proxy import Proxy, StudentError
@@ -42,7 +42,6 @@ class Session:
     sandbox: Sandbox | None = None
     uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
-    hidden_inputs_sent: bool = False
     restart_needed: str = ""
     restarts: int = 0
 
@@ -134,7 +133,7 @@ def grade(
     except (SandboxDied, SandboxTimeout) as e:
         done = {(t.question, t.name) for t in result.tests}
         why = f"not run: the sandbox failed ({e})"
-        result.tests += [_not_run(s, why) for s in specs if (s.question, s.name) not in done]
+        result.tests += [not_run(s, why) for s in specs if (s.question, s.name) not in done]
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.sandbox_uids = sorted(set(session.uids))
@@ -181,13 +180,9 @@ def _ungradable(
     result: SubmissionResult, specs: list[TestSpec], why: str, start: float
 ) -> SubmissionResult:
     result.status, result.reason = "ungradable", why
-    result.tests = [_not_run(s, why) for s in specs]
+    result.tests = [not_run(s, why) for s in specs]
     result.execution_time = time.monotonic() - start
     return result
-
-
-def _not_run(s: TestSpec, why: str) -> TestResult:
-    return TestResult(s.question, s.name, 0.0, s.points, False, why, s.hidden)
 
 
 def _run_cells(session: Session, deadline: float, notes: list[str], stdout: list[str]) -> None:
@@ -232,13 +227,13 @@ def _run_tests(
     for s in specs:
         if session.restart_needed and session.restarts >= limits.max_restarts:
             out.append(
-                _not_run(s, f"not run: your code ended the sandbox {session.restarts + 1} times")
+                not_run(s, f"not run: your code ended the sandbox {session.restarts + 1} times")
             )
             continue
         if session.restart_needed:
             session.restart(deadline)
         if time.monotonic() > deadline:
-            out.append(_not_run(s, "not run: the submission ran out of time"))
+            out.append(not_run(s, "not run: the submission ran out of time"))
             continue
         kwargs = {
             p: (Proxy(session, p) if p in present else None)

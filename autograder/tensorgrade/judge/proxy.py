@@ -54,7 +54,6 @@ class Proxy:
 
     def _request(self, op: str, value: dict) -> Any:
         s = self._session
-        s.hidden_inputs_sent = True
         try:
             header, blob, portables = s.sandbox.request(
                 {"op": op, "path": self._path, "value": value},

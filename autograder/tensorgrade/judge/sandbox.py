@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import json
@@ -20,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import wire
+from ..sandbox.confine import unshare_namespaces
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
 
 
@@ -77,20 +76,21 @@ def can_confine() -> bool:
     if os.geteuid() != 0:
         return False
     pid = os.fork()
-    if pid == 0:  # the child only calls unshare and exits
+    if pid == 0:  # the child only tries to unshare and exits
         try:
-            ok = ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNS | CLONE_NEWNET) == 0
-        except Exception:  # noqa: BLE001
-            ok = False
-        os._exit(0 if ok else 1)
+            unshare_namespaces()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def _unshare_namespaces() -> None:  # runs in the child between fork and exec
+def _enter_namespaces() -> None:  # runs in the child between fork and exec
     os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+    try:
+        unshare_namespaces()
+    except OSError:
         os._exit(97)
 
 
@@ -110,6 +110,7 @@ class Sandbox:
         self.base = Path(tempfile.mkdtemp(prefix="tg-sandbox-"))
         os.chmod(self.base, 0o711)
         self.workdir = self.base / "work"
+        self.stderr_path = self.base / "stderr.txt"  # read only to explain a failed start
         (self.base / "root").mkdir()
         if self.files_from and self.files_from.is_dir():
             shutil.copytree(self.files_from, self.workdir, ignore=shutil.ignore_patterns("*.ipynb"))
@@ -127,7 +128,6 @@ class Sandbox:
             "resp_fd": resp_w,
             "workdir": str(self.workdir),
             "confine": self.confine,
-            "namespaces": self.confine,
             "uid": self.uid,
             "gid": self.uid,
             "newroot": str(self.base / "root"),
@@ -164,9 +164,7 @@ class Sandbox:
                 env[k] = os.environ[k]
         zyg = Zygote.get()
         if zyg is not None:
-            cfg["env"], cfg["unshare"] = env, self.confine
-            cfg["stderr_path"] = str(self.base / "stderr.txt")
-            self.stderr_path = self.base / "stderr.txt"
+            cfg.update(env=env, forked=True, stderr_path=str(self.stderr_path))
             self.pid = zyg.spawn(cfg, (req_r, resp_w))
         else:
             self.proc = subprocess.Popen(
@@ -174,10 +172,10 @@ class Sandbox:
                 pass_fds=(req_r, resp_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=self._stderr_file(),
+                stderr=open(self.stderr_path, "wb"),
                 env=env,
                 cwd="/",
-                preexec_fn=_unshare_namespaces if self.confine else os.setsid,
+                preexec_fn=_enter_namespaces if self.confine else os.setsid,
             )
             self.pid = self.proc.pid
         os.close(req_r)
@@ -190,18 +188,13 @@ class Sandbox:
             raise SandboxDied("the sandbox did not start")
         self.isolation = header.get("isolation", {})
 
-    def _stderr_file(self):
-        # The sandbox's stderr goes to a file the judge reads only to explain a failed start.
-        self.stderr_path = self.base / "stderr.txt"
-        return open(self.stderr_path, "wb")
-
     def stderr_tail(self, n: int = 1500) -> str:
         try:
             with open(self.stderr_path, "rb") as f:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - n))
                 return f.read().decode("utf-8", "replace").strip()
-        except (OSError, AttributeError, TypeError):
+        except OSError:
             return ""
 
     def request(self, header: dict, timeout: float, portable_type=None) -> tuple[dict, bytes, list]:
@@ -234,9 +227,9 @@ class Sandbox:
 
         try:
             return wire.split_frame(read)
-        except (wire.WireError, ValueError) as e:
-            if isinstance(e, wire.WireError):
-                raise
+        except wire.WireError:
+            raise
+        except ValueError:  # bad JSON
             raise wire.WireError("the sandbox sent a malformed message") from None
 
     def _exit_code(self, timeout: float) -> int | None:

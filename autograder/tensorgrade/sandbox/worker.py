@@ -45,42 +45,34 @@ def main() -> None:
 
 
 def run(cfg: dict) -> None:
-    if cfg.get("stderr_path"):  # forked by the zygote: take stdout/stderr away from it
+    from .confine import drop_privileges, enter_root, set_limits, unshare_namespaces
+
+    if cfg.get("forked"):  # by the zygote: take over its stdio, environment and thread count
         err = os.open(cfg["stderr_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(err, 2)
         os.dup2(null, 1)
         os.close(err)
         os.close(null)
-    if cfg.get("env") is not None:
         os.environ.clear()
         os.environ.update(cfg["env"])
-    if cfg.get("unshare") is not None:  # forked by the zygote, which imported torch already
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if cfg.get("unshare"):  # forked by the zygote: enter the namespaces here
-        from .confine import unshare_namespaces
-
-        unshare_namespaces()
-    isolation = {"namespaces": cfg.get("namespaces", False), "visible": [], "uid": os.getuid()}
-    if cfg.get("confine"):
-        from .confine import drop_privileges, enter_root, set_limits
-
-        if cfg.get("namespaces"):
-            uid, home = cfg["uid"], cfg["workdir"]
-            accounts = {
-                "passwd": f"root:x:0:0::/root:/bin/sh\nstudent:x:{uid}:{uid}::{home}:/bin/sh\n",
-                "group": f"root:x:0:\nstudent:x:{uid}:\n",
-            }
-            isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [home], accounts)
-        set_limits(cfg.get("limits", {}))
+        if cfg["confine"]:  # a directly started worker entered its namespaces before exec
+            unshare_namespaces()
+    isolation = {"confined": cfg["confine"], "visible": [], "uid": os.getuid()}
+    if cfg["confine"]:
+        uid, home = cfg["uid"], cfg["workdir"]
+        accounts = {
+            "passwd": f"root:x:0:0::/root:/bin/sh\nstudent:x:{uid}:{uid}::{home}:/bin/sh\n",
+            "group": f"root:x:0:\nstudent:x:{uid}:\n",
+        }
+        isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [home], accounts)
+    set_limits(cfg.get("limits", {}))
+    if cfg["confine"]:
         drop_privileges(cfg["uid"], cfg["gid"])
         isolation["uid"] = os.getuid()
-    else:
-        from .confine import set_limits
-
-        set_limits(cfg.get("limits", {}))
     os.chdir(cfg["workdir"])
     serve(cfg, isolation)
 
