@@ -21,10 +21,9 @@ import torch
 
 from tensorgrade.audit import audit, format_report
 from tensorgrade.course import find_root, get_assignments
-from tensorgrade.grading import GradeOptions, file_sha256, grade_one, in_slots
+from tensorgrade.grading import GradeOptions, file_sha256, grade_many
 from tensorgrade.mutants import submissions
 from tensorgrade.submissions import Submission
-from tensorgrade.testfiles import load_tests
 
 
 def main() -> int:
@@ -65,17 +64,14 @@ def main() -> int:
     if args.otter_sample:
         (a,) = get_assignments(root, ["01_tensors"])
         subs = dict(list(submissions(a).items())[:1] + list(submissions(a).items())[2:4])
-        specs, ag = load_tests(a.tests_dir), file_sha256(a.autograder_zip)
+        ag = file_sha256(a.autograder_zip)
         with tempfile.TemporaryDirectory() as tmp:
             items = []
             for n, data in subs.items():
                 (Path(tmp) / f"{n}.ipynb").write_bytes(data)
                 items.append(Submission(n, Path(tmp) / f"{n}.ipynb"))
-            for sub, r in in_slots(
-                lambda s, slot: grade_one(a, specs, s, GradeOptions(engine="otter"), ag, slot),
-                items,
-                args.jobs,
-            ):
+            opts = GradeOptions(engine="otter", jobs=args.jobs)
+            for (_, sub), r in grade_many([(a, s) for s in items], opts, {a.id: ag}):
                 same = r.question_scores() == scores.get(a.id, {}).get(sub.key, {}).get("questions")
                 print(
                     f"  otter {sub.key}: {r.score:g}/{r.max_score:g} in {r.execution_time:.1f} s "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .course import Assignment
-from .grading import GradeOptions, file_sha256, grade_one, in_slots
+from .grading import GradeOptions, file_sha256, grade_many
 from .mutants import load_mutants, submissions
 from .results import SubmissionResult
 from .submissions import Submission
@@ -34,27 +34,31 @@ def lost_questions(r: SubmissionResult) -> set[str]:
     return {q for q, (s, m) in r.question_scores().items() if s < m - 1e-9}
 
 
+def _first_line(text: str, width: int = 300) -> str:
+    """Enough of a failure message to diagnose an audit problem from a CI log."""
+    return (text.strip().splitlines() or [""])[0][:width]
+
+
 def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
     specs = load_tests(a.tests_dir)
     subs = submissions(a)
     ag = file_sha256(a.autograder_zip)
-    opts = GradeOptions(engine=engine, progress=False)
+    opts = GradeOptions(engine=engine, jobs=jobs, progress=False)
     with tempfile.TemporaryDirectory(prefix="tg-audit-") as tmp:
         paths = {}
         for name, data in subs.items():
             p = Path(tmp) / f"{name}.ipynb"
             p.write_bytes(data)
             paths[name] = p
-        items = list(paths.items())
-        done = in_slots(
-            lambda item, slot: grade_one(a, specs, Submission(*item), opts, ag, slot), items, jobs
-        )
-        results = {item[0]: res for item, res in done}
+        work = [(a, Submission(name, p)) for name, p in paths.items()]
+        results = {sub.key: res for (_, sub), res in grade_many(work, opts, {a.id: ag})}
         results = {n: results[n] for n in paths}  # keep solution, blank, mutants in order
     report = AuditReport(a.id, results)
     sol, blank = results["solution"], results["blank"]
     if sol.status != "graded" or sol.score != sol.max_score:
-        failed = [f"{t.question}:{t.name}" for t in sol.tests if not t.passed]
+        failed = [
+            f"{t.question}:{t.name}: {_first_line(t.output)}" for t in sol.tests if not t.passed
+        ]
         why = f" ({sol.reason.splitlines()[0]})" if sol.reason else ""
         report.problems.append(
             f"solution scores {sol.score:g}/{sol.max_score:g}{why}; fails {failed}"
@@ -69,8 +73,14 @@ def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
         r = results[f"mutant-{m.name}"]
         lost = lost_questions(r)
         if lost != set(m.loses):
+            surprises = [
+                f"{t.question}:{t.name}: {_first_line(t.output)}"
+                for t in r.tests
+                if not t.passed and t.question not in m.loses
+            ]
             report.problems.append(
                 f"mutant {m.name}: loses {sorted(lost) or 'nothing'}, expected {sorted(m.loses)}"
+                + "".join(f"\n      {s}" for s in surprises)
             )
     killed = {
         (t.question, t.name)

@@ -6,12 +6,13 @@ when the submission's bytes and the autograder are unchanged, so a killed batch 
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import queue
+import multiprocessing
 import re
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,27 +118,54 @@ def grade_one(
     return res
 
 
-def in_slots(fn: Callable, items: list, jobs: int) -> Iterator[tuple]:
-    """Run ``fn(item, slot)`` on ``jobs`` threads; yields ``(item, result)`` as each finishes.
+def grade_many(
+    jobs: list[tuple[Assignment, Submission]], opts: GradeOptions, ags: dict[str, str]
+) -> Iterator[tuple[tuple[Assignment, Submission], SubmissionResult]]:
+    """Grade ``(assignment, submission)`` pairs on ``opts.jobs`` processes; yields each as it ends.
 
-    A slot is a sandbox uid: no two submissions ever hold the same slot at once, because cleaning
-    up a slot kills every process of its uid.
+    Processes, not threads: the hidden tests run in the judge, and torch's forward-mode AD
+    (``torch.func.jvp``, ``hessian``) keeps global state, so two threads computing references at
+    once corrupt each other's results (seen in CI as a relative error of 1e302). Each worker
+    process grades one submission at a time, with a sandbox slot of its own.
     """
-    slots: queue.Queue[int] = queue.Queue()
-    for k in range(max(1, jobs)):
-        slots.put(k)
-
-    def run(item):
-        slot = slots.get()
+    workers = max(1, min(opts.jobs, len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            yield job, _grade_job(job, opts, ags[job[0].id])
+        return
+    ctx = multiprocessing.get_context("spawn")  # a clean judge: no inherited threads or CUDA
+    counter = ctx.Value("i", 0)
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(counter,)
+    ) as pool:
+        futs = {pool.submit(_grade_job, job, opts, ags[job[0].id]): job for job in jobs}
         try:
-            return fn(item, slot)
-        finally:
-            slots.put(slot)
+            for fut in as_completed(futs):
+                yield futs[fut], fut.result()
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futs = {pool.submit(run, item): i for i, item in enumerate(items)}
-        for fut in as_completed(futs):
-            yield items[futs[fut]], fut.result()
+
+_worker_slot = 0
+
+
+def _start_worker(counter) -> None:
+    global _worker_slot
+    with counter.get_lock():
+        _worker_slot = counter.value
+        counter.value += 1
+
+
+@functools.cache
+def _specs(tests_dir: Path, ag: str) -> list[TestSpec]:  # ag: a rebuilt bundle is reloaded
+    return load_tests(tests_dir)
+
+
+def _grade_job(job: tuple[Assignment, Submission], opts: GradeOptions, ag: str) -> SubmissionResult:
+    a, sub = job
+    return grade_one(a, _specs(a.tests_dir, ag), sub, opts, ag, _worker_slot)
 
 
 def grade_batch(
@@ -164,7 +192,6 @@ def grade_batch(
             )
         jobs.append((a, sub))
 
-    specs = {a.id: load_tests(a.tests_dir) for a in {a for a, _ in jobs}}
     ag = {a.id: file_sha256(a.autograder_zip) for a in {a for a, _ in jobs}}
 
     results: dict[str, SubmissionResult] = {}
@@ -188,11 +215,7 @@ def grade_batch(
         total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr
     )
 
-    def one(item: tuple[Assignment, Submission], slot: int) -> SubmissionResult:
-        a, s = item
-        return grade_one(a, specs[a.id], s, opts, ag[a.id], slot)
-
-    for (_, sub), res in in_slots(one, todo, opts.jobs):
+    for (_, sub), res in grade_many(todo, opts, ag):
         write_results_json(res, out_dir / sub.key / "results.json")
         results[sub.key] = res
         bar.set_postfix_str(f"{sub.key}: {res.score:g}/{res.max_score:g}")
