@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -161,6 +162,32 @@ def test_student_output_is_kept_and_capped(a1, tmp_path):
     assert "hello from the student" in r.student_output
     assert len(r.student_output) < 60_000
     assert "more characters not shown" in r.student_output
+
+
+def test_the_students_figures_are_kept_as_pngs(a1, tmp_path):
+    a, _, _ = a1
+    nb = nbformat.read(a.student, as_version=4)
+    plot = (
+        "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]); plt.title('mine'); plt.show()"
+    )
+    nb.cells.append(nbformat.v4.new_code_cell(plot))
+    path = tmp_path / "plotter.ipynb"
+    path.write_text(nbformat.writes(nb))
+    r = _grade_file(a1, path)
+    cell = sum(1 for c in nb.cells if c.cell_type == "code")
+    assert r.figures and r.figures[-1]["cell"] == cell
+    assert base64.b64decode(r.figures[-1]["png"]).startswith(b"\x89PNG")
+    assert len(r.figures) <= engine._MAX_FIGURES
+
+
+def test_the_judge_keeps_only_real_bounded_pngs():
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 100).decode()
+    huge = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * engine._FIGURE_BYTES).decode()
+    fake = base64.b64encode(b"<script>alert(1)</script>").decode()
+    sent = [png, huge, fake, "not base64!", 42, None, png]
+    assert engine._checked_figures(sent, room=8) == [png, png]
+    assert engine._checked_figures(sent, room=1) == [png]
+    assert engine._checked_figures({"png": png}, room=8) == []
 
 
 def test_definition_source_is_found_by_parsing_not_running():

@@ -34,10 +34,12 @@ class TestResult:
     def to_gradescope(self) -> dict:
         return {
             "name": f"{self.question}: {self.name}",
+            "name_format": "text",
             "score": round(self.score, 6),
             "max_score": round(self.max_score, 6),
             "status": "passed" if self.passed else "failed",
             "output": self.output,
+            "output_format": "text",  # feedback is plain text, never HTML or markdown
             "visibility": HIDDEN if self.hidden else PUBLIC,
             "tags": [self.question],
         }
@@ -63,6 +65,8 @@ class SubmissionResult:
     student_output: str = ""  # what the student's cells printed, before any hidden input was sent
     timings: dict = field(default_factory=dict)  # seconds: startup, cells, tests
     sandbox_uids: list = field(default_factory=list)  # the uids the student's code ran as
+    # images the student's own cells displayed: [{"cell": int, "png": base64 str}], size-capped
+    figures: list = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -90,6 +94,10 @@ class SubmissionResult:
             "score": round(self.score, 6),
             "execution_time": round(self.execution_time, 3),
             "output": summary,
+            # text, not Gradescope's default simple_format (HTML): the summary quotes student output
+            "output_format": "text",
+            "test_output_format": "text",
+            "test_name_format": "text",
             "visibility": "visible",
             "stdout_visibility": "hidden",
             "tests": [t.to_gradescope() for t in self.tests],
@@ -106,6 +114,7 @@ class SubmissionResult:
                 "student_output": self.student_output,
                 "timings": self.timings,
                 "sandbox_uids": self.sandbox_uids,
+                "figures": self.figures,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -127,6 +136,7 @@ class SubmissionResult:
             student_output=extra.get("student_output", ""),
             timings=extra.get("timings", {}),
             sandbox_uids=extra.get("sandbox_uids", []),
+            figures=extra.get("figures", []),
         )
 
 
@@ -148,6 +158,22 @@ def write_results_json(result: SubmissionResult, path: Path) -> None:
 
 def read_results_json(path: Path) -> SubmissionResult:
     return SubmissionResult.from_gradescope(json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_results_dir(out_dir: Path) -> list[SubmissionResult]:
+    """Every ``<submission>/results.json`` that `tensorgrade grade` wrote to ``out_dir``, by name.
+
+    Exports, LMS uploads and reports all start here, so they agree on what a batch contains.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"no results folder at {out_dir}")
+    paths = sorted(out_dir.glob("*/results.json"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no <submission>/results.json under {out_dir}: run `tensorgrade grade` first"
+        )
+    return [read_results_json(p) for p in paths]
 
 
 def grades_csv(results: list[SubmissionResult]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import re
 import sys
@@ -22,6 +23,9 @@ _OTTER_LINE = re.compile(
     r"grader\.check(_all)?\(.*\)|grader\.export\(.*\))\s*$"
 )
 _STDOUT_TOTAL = 50_000
+_MAX_FIGURES = 8  # per submission; each at most _FIGURE_BYTES of PNG
+_FIGURE_BYTES = 400_000
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _warned_reduced = False
 
 
@@ -119,6 +123,7 @@ def grade(
     session = Session(limits, files_from, slot, cells, list(forbidden or []), confine)
     notes: list[str] = []
     stdout: list[str] = []
+    figures: list[dict] = []
     try:
         try:
             session.start()
@@ -127,7 +132,7 @@ def grade(
         if session.sandbox.isolation.get("uid") == 0:
             result.isolation = "reduced"
         result.timings["startup"] = round(time.monotonic() - start, 3)
-        _run_cells(session, deadline, notes, stdout)
+        _run_cells(session, deadline, notes, stdout, figures)
         result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
         _run_tests(session, specs, deadline, result.tests)
     except (SandboxDied, SandboxTimeout) as e:
@@ -139,6 +144,7 @@ def grade(
     result.sandbox_uids = sorted(set(session.uids))
     result.reason = "\n".join(notes)
     result.student_output = "\n".join(stdout)[:_STDOUT_TOTAL]
+    result.figures = figures
     result.execution_time = time.monotonic() - start
     if "cells" in result.timings:
         done = sum(result.timings.values())
@@ -185,7 +191,9 @@ def _ungradable(
     return result
 
 
-def _run_cells(session: Session, deadline: float, notes: list[str], stdout: list[str]) -> None:
+def _run_cells(
+    session: Session, deadline: float, notes: list[str], stdout: list[str], figures: list[dict]
+) -> None:
     """Run the student's cells; a cell that hangs or kills the process is skipped, not fatal."""
     limits = session.limits
     for i, src in enumerate(session.cells, start=1):
@@ -210,10 +218,29 @@ def _run_cells(session: Session, deadline: float, notes: list[str], stdout: list
             continue
         if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
             stdout.append(f"[cell {i}]\n{header['stdout']}")
+        for png in _checked_figures(header.get("figures"), _MAX_FIGURES - len(figures)):
+            figures.append({"cell": i, "png": png})
         if header.get("ok"):
             session.good_cells.append(src)
         else:
             notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
+
+
+def _checked_figures(value: object, room: int) -> list[str]:
+    """The sandbox's figures that really are PNGs of bounded size (it could send anything)."""
+    if not isinstance(value, list):
+        return []
+    good = []
+    for item in value[: max(0, room)]:
+        if not isinstance(item, str) or len(item) > _FIGURE_BYTES * 4 // 3 + 4:
+            continue
+        try:
+            raw = base64.b64decode(item, validate=True)
+        except ValueError:
+            continue
+        if raw.startswith(_PNG_MAGIC):
+            good.append(item)
+    return good
 
 
 def _run_tests(

@@ -6,6 +6,7 @@ from one pipe and writes answers to another; everything it sends is data (``tens
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -33,6 +34,26 @@ class _Capped(io.TextIOBase):
     def text(self) -> str:
         out = "".join(self.parts)
         return out + (f"\n[... {self.dropped} more characters not shown]" if self.dropped else "")
+
+
+def _take_figures(max_bytes: int) -> list[str]:
+    """PNGs (base64) of the figures a cell left open, then closed, as Jupyter's inline backend
+    would show them: the student's own plots become part of their feedback report."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return []
+    out, used = [], 0
+    for num in plt.get_fignums():
+        buf = io.BytesIO()
+        try:
+            plt.figure(num).savefig(buf, format="png", dpi=72, bbox_inches="tight")
+        except Exception:  # noqa: BLE001 - a figure that cannot be drawn is simply not shown
+            continue
+        if used + buf.tell() <= max_bytes:
+            out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+            used += buf.tell()
+    plt.close("all")
+    return out
 
 
 def _error_text(e: BaseException) -> str:
@@ -127,9 +148,15 @@ def serve(cfg: dict, isolation: dict) -> None:
             out = _Capped(cfg.get("stdout_cap", 20000))
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 res = shell.run_cell(header["source"], store_history=True)
+                figures = _take_figures(cfg.get("figure_bytes", 1_000_000))
             err = res.error_before_exec or res.error_in_exec
             send(
-                {"ok": err is None, "error": _error_text(err) if err else "", "stdout": out.text()}
+                {
+                    "ok": err is None,
+                    "error": _error_text(err) if err else "",
+                    "stdout": out.text(),
+                    "figures": figures,
+                }
             )
             continue
         if op == "names":
