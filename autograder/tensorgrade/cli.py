@@ -59,8 +59,12 @@ def _build(args: argparse.Namespace) -> int:
 
 def _grade(args: argparse.Namespace) -> int:
     from .course import find_root
-    from .grading import GradeOptions, grade_batch
+    from .grading import GradeOptions, GradingError, grade_batch
 
+    if args.gpu_slots < 0 or args.jobs < 1:
+        raise _UsageError("--jobs must be at least 1 and --gpu-slots at least 0")
+    if args.gpu_slots and args.engine != "trusted":
+        raise _UsageError("--gpu-slots needs the trusted engine")
     root = find_root()
     opts = GradeOptions(
         engine=args.engine,
@@ -69,10 +73,11 @@ def _grade(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
         isolation=args.isolation,
+        gpu_slots=args.gpu_slots,
     )
     try:
         results = grade_batch(root, args.paths, args.output, opts, args.assignment)
-    except (FileNotFoundError, KeyError) as e:
+    except (FileNotFoundError, KeyError, GradingError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     width = max(len(r.submission) for r in results)
@@ -181,6 +186,15 @@ def make_parser() -> argparse.ArgumentParser:
         default="full",
         help="trusted engine: full (default; needs root) or reduced (no namespaces, private root "
         "or separate uid: only where full isolation breaks the GPU; recorded in every result)",
+    )
+    g.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="trusted engine on a GPU machine: grade N submissions at a time per GPU, each "
+        "sandbox seeing only its own GPU (CUDA_VISIBLE_DEVICES), and check after each that its "
+        "GPU memory was given back; replaces --jobs",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_grade)

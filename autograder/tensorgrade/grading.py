@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -34,6 +35,10 @@ from .testfiles import TestSpec, load_tests
 ENGINES = ("trusted", "otter")
 
 
+class GradingError(Exception):
+    """A batch that cannot start as asked (the message says why)."""
+
+
 @dataclass
 class GradeOptions:
     engine: str = "trusted"
@@ -42,6 +47,7 @@ class GradeOptions:
     force: bool = False
     progress: bool = True
     isolation: str = "full"  # "reduced": no namespaces/private root/uid (recorded in results)
+    gpu_slots: int = 0  # >0: pin each worker (and its sandboxes) to one GPU, this many per GPU
 
 
 def infer_assignment(root: Path, sub: Submission) -> Assignment:
@@ -128,15 +134,19 @@ def grade_many(
     once corrupt each other's results (seen in CI as a relative error of 1e302). Each worker
     process grades one submission at a time, with a sandbox slot of its own.
     """
-    workers = max(1, min(opts.jobs, len(jobs)))
-    if workers == 1:
+    gpu_ids = _gpu_plan(opts)
+    workers = max(1, min(opts.gpu_slots * len(gpu_ids) if gpu_ids else opts.jobs, len(jobs)))
+    if workers == 1 and not gpu_ids:
         for job in jobs:
             yield job, _grade_job(job, opts, ags[job[0].id])
         return
     ctx = multiprocessing.get_context("spawn")  # a clean judge: no inherited threads or CUDA
     counter = ctx.Value("i", 0)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(counter,)
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_start_worker,
+        initargs=(counter, gpu_ids),
     ) as pool:
         futs = {pool.submit(_grade_job, job, opts, ags[job[0].id]): job for job in jobs}
         try:
@@ -151,11 +161,29 @@ def grade_many(
 _worker_slot = 0
 
 
-def _start_worker(counter) -> None:
+def _gpu_plan(opts: GradeOptions) -> list[str]:
+    """The GPUs workers are pinned to (none unless --gpu-slots was given)."""
+    if opts.gpu_slots <= 0:
+        return []
+    from .judge.gpus import visible_gpus
+
+    found = visible_gpus()
+    if not found:
+        raise GradingError("--gpu-slots was given but no GPU is visible (nvidia-smi lists none)")
+    return found
+
+
+def _start_worker(counter, gpu_ids: list[str]) -> None:
+    """Give this worker process its sandbox slot and, with --gpu-slots, its one GPU: set before
+    torch touches CUDA, and inherited by every sandbox the worker starts."""
     global _worker_slot
     with counter.get_lock():
         _worker_slot = counter.value
         counter.value += 1
+    if gpu_ids:
+        from .judge.gpus import gpu_for_slot
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
 
 
 @functools.cache
@@ -179,6 +207,7 @@ def grade_batch(
     from .course import get_assignments
     from .submissions import collect
 
+    _gpu_plan(opts)  # fail before any work if --gpu-slots can't be honoured
     subs = collect(paths)
     if not subs:
         raise FileNotFoundError("no notebooks found in " + ", ".join(map(str, paths)))

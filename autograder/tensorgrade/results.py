@@ -67,6 +67,7 @@ class SubmissionResult:
     sandbox_uids: list = field(default_factory=list)  # the uids the student's code ran as
     # images the student's own cells displayed: [{"cell": int, "png": base64 str}], size-capped
     figures: list = field(default_factory=list)
+    gpu: dict = field(default_factory=dict)  # {"device", "memory_released"} on a GPU machine
 
     @property
     def score(self) -> float:
@@ -115,6 +116,7 @@ class SubmissionResult:
                 "timings": self.timings,
                 "sandbox_uids": self.sandbox_uids,
                 "figures": self.figures,
+                "gpu": self.gpu,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -137,6 +139,7 @@ class SubmissionResult:
             timings=extra.get("timings", {}),
             sandbox_uids=extra.get("sandbox_uids", []),
             figures=extra.get("figures", []),
+            gpu=extra.get("gpu", {}),
         )
 
 

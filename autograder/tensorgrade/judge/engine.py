@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import os
 import re
 import sys
 import time
@@ -48,6 +49,7 @@ class Session:
     good_cells: list[str] = field(default_factory=list)
     restart_needed: str = ""
     restarts: int = 0
+    gpu_released: list[bool | None] = field(default_factory=list)  # one per sandbox closed
 
     def start(self) -> None:
         self.sandbox = Sandbox(
@@ -70,6 +72,7 @@ class Session:
     def close(self) -> None:
         if self.sandbox is not None:
             self.sandbox.close()
+            self.gpu_released.append(self.sandbox.gpu_released)
             self.sandbox = None
 
     def definition_source(self, name: str) -> str | None:
@@ -142,6 +145,7 @@ def grade(
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.sandbox_uids = sorted(set(session.uids))
+    _record_gpu(result, session.gpu_released, notes)
     result.reason = "\n".join(notes)
     result.student_output = "\n".join(stdout)[:_STDOUT_TOTAL]
     result.figures = figures
@@ -150,6 +154,19 @@ def grade(
         done = sum(result.timings.values())
         result.timings["tests"] = round(result.execution_time - done, 3)
     return result
+
+
+def _record_gpu(result: SubmissionResult, released: list[bool | None], notes: list[str]) -> None:
+    """On a GPU machine: which GPU the sandbox had, and whether it gave all its memory back."""
+    checked = [r for r in released if r is not None]
+    if not checked:
+        return
+    result.gpu = {
+        "device": os.environ.get("CUDA_VISIBLE_DEVICES", "all"),
+        "memory_released": all(checked),
+    }
+    if not all(checked):
+        notes.append("GPU memory of the sandbox was still held after it was killed")
 
 
 def _warn_if_reduced(confine: bool, isolation: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import wire
 from ..sandbox.confine import unshare_namespaces
+from . import gpus
 
 BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
 
@@ -104,6 +105,7 @@ class Sandbox:
     proc: subprocess.Popen | None = None
     pid: int | None = None
     isolation: dict = field(default_factory=dict)
+    gpu_released: bool | None = None  # set by close() on a GPU machine (None: not checked)
 
     def start(self) -> None:
         self.uid, self._lock = acquire_uid(self.slot)
@@ -259,6 +261,10 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill the sandbox and everything its uid left running, then remove its files."""
+        on_gpu = _cuda_present()
+        holders = {self.pid} if self.pid else set()
+        if on_gpu and self.confine and self.pid:
+            holders |= set(uid_processes(self.uid))
         if self.pid:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
@@ -268,6 +274,8 @@ class Sandbox:
             self.pid = None
         if self.confine:
             reap_uid(self.uid)
+        if on_gpu and holders:
+            self.gpu_released = gpus.memory_released(holders)
         for fd in (getattr(self, "req_w", None), getattr(self, "resp_r", None)):
             if fd is not None:
                 try:
