@@ -225,6 +225,10 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("id", metavar="ID", help="assignment id")
     ex.add_argument("-o", "--output", type=Path, required=True, help="folder to write to")
     ex.set_defaults(func=_examples)
+
+    from .lms.cli import register as register_lms
+
+    register_lms(sub)
     return p
 
 

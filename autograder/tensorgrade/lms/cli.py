@@ -1,0 +1,366 @@
+"""`tensorgrade lms canvas push` and `tensorgrade export`: argparse wiring and reporting.
+
+`register(subparsers)` adds both commands to the main parser; each handler prints `error: ...`
+and returns 2 on bad input, 1 when some graded work was not delivered, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..results import SubmissionResult, atomic_write_text, load_results_dir
+from .exports import FORMATS, MOODLE_ID_FIELDS, export_csv, export_notes
+from .feedback import UNGRADABLE_POLICIES, max_points
+from .roster import RosterError, Student, match, read_roster
+
+if TYPE_CHECKING:
+    from .canvas import PushReport
+
+TOKEN_ENV = "CANVAS_API_TOKEN"
+URL_ENV = "CANVAS_API_URL"
+
+
+class _Bad(Exception):
+    """Bad input: printed as `error: ...`, exit status 2."""
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _load(results_dir: Path, only: str | None) -> list[SubmissionResult]:
+    """The results of one tensorgrade assignment from a results folder."""
+    try:
+        results = load_results_dir(results_dir)
+    except FileNotFoundError as e:
+        raise _Bad(str(e)) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise _Bad(f"a results.json under {results_dir} cannot be read: {e!r}") from None
+    ids = sorted({r.assignment for r in results})
+    if only:
+        if only not in ids:
+            raise _Bad(
+                f"no results for assignment {only!r} in {results_dir} (found: {', '.join(ids)})"
+            )
+        results = [r for r in results if r.assignment == only]
+    elif len(ids) > 1:
+        raise _Bad(
+            f"{results_dir} holds results of several assignments ({', '.join(ids)}): "
+            "pick one with --results-assignment"
+        )
+    return results
+
+
+def _roster(path: Path | None) -> dict[str, Student] | None:
+    if path is None:
+        return None
+    try:
+        return read_roster(path)
+    except RosterError as e:
+        raise _Bad(str(e)) from None
+
+
+def _list(what: str, items: list[str], limit: int = 20) -> None:
+    if not items:
+        return
+    shown = ", ".join(items[:limit]) + (
+        f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    )
+    _warn(f"{len(items)} {what}: {shown}")
+
+
+# -- export ------------------------------------------------------------------------------------
+def _export(args: argparse.Namespace) -> int:
+    try:
+        results = _load(args.results, args.results_assignment)
+        roster = _roster(args.roster)
+        if args.format != "plain" and roster is None:
+            raise _Bad(f"--format {args.format} needs --roster (who each submission belongs to)")
+    except _Bad as e:
+        _err(str(e))
+        return 2
+    kw = dict(moodle_id_field=args.moodle_id, ungradable=args.ungradable)
+    text = export_csv(
+        args.format,
+        results,
+        roster,
+        assignment_name=args.assignment_name or "",
+        assignment_id=args.canvas_assignment_id,
+        **kw,
+    )
+    notes = export_notes(args.format, results, roster, **kw)
+    if args.format == "plain":
+        _list("submission(s) have no roster row (no name in this file)", notes.no_roster_row)
+        _list("roster row(s) have no result (listed as 'no result')", notes.no_result)
+    else:
+        _list("submission(s) have no roster row and are not in this file", notes.no_roster_row)
+        _list("roster row(s) have no result and are not in this file", notes.no_result)
+    column = MOODLE_ID_FIELDS[args.moodle_id][0] if args.format == "moodle" else "id columns"
+    _list(f"student(s) lack {column} in the roster and are not in this file", notes.no_identifier)
+    left = "left blank" if args.format == "canvas" else "left out"
+    _list(f"ungradable submission(s) {left} (--ungradable zero gives 0)", notes.blank_ungradable)
+    rows = max(0, text.count("\r\n") - (2 if args.format == "canvas" else 1))
+    if str(args.output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as e:
+            _err(f"cannot write {args.output}: {e.strerror or e}")
+            return 2
+        print(f"wrote {args.output} ({args.format} format, {rows} student rows)", file=sys.stderr)
+    return 0
+
+
+# -- canvas push -------------------------------------------------------------------------------
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise _Bad(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
+        if not token:
+            raise _Bad(f"--token-file {args.token_file} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise _Bad(
+            f"no Canvas API token: set {TOKEN_ENV} or pass --token-file FILE "
+            "(Canvas: Account > Settings > New Access Token)"
+        )
+    return token
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .canvas import CanvasPushError, CanvasSession, RetryPolicy, plan_targets, push
+
+    try:
+        results = _load(args.results, args.results_assignment)
+        roster = _roster(args.roster)
+        url = args.url or os.environ.get(URL_ENV, "")
+        if not url:
+            raise _Bad(f"no Canvas URL: pass --url https://canvas.example.edu or set {URL_ENV}")
+        token = _token(args)
+        if args.retries < 0:
+            raise _Bad("--retries must be 0 or more")
+        session = CanvasSession(url, token, RetryPolicy(retries=args.retries))
+    except (_Bad, CanvasPushError) as e:
+        _err(str(e))
+        return 2
+
+    m = match(results, roster)
+    if args.report_url:
+        report_line = f"Full report: {args.report_url}"
+    else:
+        report_line = "Full report (every public test with its output): ask your instructor."
+    targets, skipped = plan_targets(m, args.ungradable, report_line)
+    _list(
+        "submission(s) have no roster row and are not pushed",
+        [r.submission for r in m.no_roster_row],
+    )
+    _list("roster row(s) have no result (nothing pushed for them)", [s.label for s in m.no_result])
+    for s in skipped:
+        _warn(f"not pushed: {s.label}: {s.why}")
+    undelivered = len(m.no_roster_row) + sum(not s.by_policy for s in skipped)
+
+    verb = "checking" if args.dry_run else "pushing"
+    print(f"{verb} {len(targets)} student(s) in Canvas ...", file=sys.stderr)
+
+    def progress(i: int, n: int, o) -> None:
+        if not args.dry_run:
+            print(f"[{i}/{n}] {o.target.label}: {o.action} ({o.detail})", file=sys.stderr)
+
+    try:
+        report = push(
+            session,
+            args.course,
+            args.assignment,
+            targets,
+            dry_run=args.dry_run,
+            max_score=max_points(results),
+            progress=progress,
+        )
+    except CanvasPushError as e:  # before any student: nothing was written
+        _err(str(e))
+        return 2 if e.config else 1
+    _print_report(report, undelivered)
+    return 0 if report.ok and not undelivered else 1
+
+
+def _print_report(report: PushReport, undelivered: int) -> None:
+    """The plan (dry run) or what happened; who is done and who is not if the push stopped."""
+    print(f"Canvas course {report.course}, assignment {report.assignment}")
+    for w in report.warnings:
+        _warn(w)
+    if report.dry_run:
+        for o in report.outcomes:
+            print(f"  {o.target.label} [{o.target.user_text}]: {o.action}: {o.detail}")
+    failed = [o for o in report.outcomes if o.action == "failed"]
+    for o in failed:
+        print(f"  FAILED {o.target.label} [{o.target.user_text}]: {o.detail}")
+    if report.aborted:
+        _err(f"stopped: {report.aborted}")
+        done = [o.target.label for o in report.outcomes if o.action in ("updated", "unchanged")]
+        print(f"done before stopping ({len(done)}): {', '.join(done) or 'none'}")
+        todo = [t.label for t in report.not_attempted]
+        print(
+            f"not done ({len(todo)}): {', '.join(todo)} "
+            f"({todo[0]} was in progress and may be written); run the same command again to "
+            "finish: students already done are not written twice"
+        )
+    if report.dry_run:
+        print(
+            f"dry run, nothing written: {report.count('would update')} student(s) would change, "
+            f"{report.count('unchanged')} already up to date"
+        )
+    else:
+        print(
+            f"{report.count('updated')} updated, {report.count('unchanged')} already up to date, "
+            f"{len(failed)} failed"
+            + (f", {undelivered} not pushed (see warnings)" if undelivered else "")
+        )
+
+
+# -- argparse ----------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "results", type=Path, metavar="RESULTS", help="folder written by `tensorgrade grade`"
+    )
+    p.add_argument(
+        "--results-assignment",
+        metavar="ID",
+        help="use only the results of this tensorgrade assignment (needed when RESULTS holds several)",
+    )
+    p.add_argument(
+        "--ungradable",
+        choices=UNGRADABLE_POLICIES,
+        default="blank",
+        help="ungradable submissions: blank (default; no grade, so you look at them) or zero",
+    )
+
+
+ROSTER_HELP = (
+    "roster CSV: a 'submission' column (folder name under RESULTS) and any of name, email, "
+    "canvas_user_id, sis_user_id, login_id, section, moodle_id"
+)
+
+
+def register(subparsers) -> None:
+    """Add `lms canvas push` and `export` to the main `tensorgrade` parser's subcommands."""
+    lms = subparsers.add_parser(
+        "lms",
+        help="send results to a learning management system (Canvas)",
+        description="Send results to a learning management system. For CSV files see `export`.",
+    )
+    lms_sub = lms.add_subparsers(dest="lms", metavar="LMS", required=True)
+    canvas = lms_sub.add_parser("canvas", help="Canvas LMS", description="Canvas LMS.")
+    canvas_sub = canvas.add_subparsers(dest="canvas_command", metavar="COMMAND", required=True)
+    p = canvas_sub.add_parser(
+        "push",
+        help="post scores and feedback comments to a Canvas assignment",
+        description=(
+            "Post each student's score and a feedback comment (total, per-question scores, "
+            "failed public tests; never hidden-test details) to a Canvas assignment. Reads each "
+            "submission first and writes only what differs, so running it again changes nothing. "
+            "Retries when Canvas throttles (429) or fails (5xx), honouring Retry-After. Canvas's "
+            "posting policy decides when students see the grade. Exit 0 when every graded "
+            "submission is in Canvas, 1 when some are not (listed), 2 on bad input."
+        ),
+        epilog=(
+            f"The token comes from ${TOKEN_ENV} or --token-file and is never printed; the URL "
+            f"from --url or ${URL_ENV}. Course and assignment ids are the numbers in their "
+            "Canvas URLs. Example: tensorgrade lms canvas push results/ --course 1234 "
+            "--assignment 5678 --roster roster.csv --dry-run"
+        ),
+    )
+    _add_common(p)
+    p.add_argument("--course", type=int, required=True, metavar="ID", help="Canvas course id")
+    p.add_argument(
+        "--assignment", type=int, required=True, metavar="ID", help="Canvas assignment id"
+    )
+    p.add_argument("--roster", type=Path, required=True, metavar="CSV", help=ROSTER_HELP)
+    p.add_argument("--url", metavar="URL", help=f"Canvas base URL (default: ${URL_ENV})")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the API token (default: ${TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read from Canvas and show what would change; write nothing",
+    )
+    p.add_argument(
+        "--report-url",
+        metavar="URL",
+        help="link to each student's full report for the comment; {submission} is replaced",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="retries per request on throttling, 5xx or a dropped connection (default 5)",
+    )
+    p.set_defaults(func=_push)
+
+    e = subparsers.add_parser(
+        "export",
+        help="write grades as CSV for Canvas's or Moodle's grade import, or plain",
+        description=(
+            "Write the results as CSV. canvas: Canvas's gradebook import (Grades > Import); "
+            "moodle: Moodle's CSV grade import (map the identifier, grade and feedback columns "
+            "in the import form); plain: every submission and roster row with status, total, "
+            "max, per-question scores and reason. Students the file cannot carry are listed on "
+            "stderr."
+        ),
+    )
+    _add_common(e)
+    e.add_argument("--format", choices=FORMATS, required=True, help="canvas, moodle or plain")
+    e.add_argument(
+        "--roster", type=Path, metavar="CSV", help=ROSTER_HELP + " (canvas, moodle: required)"
+    )
+    e.add_argument(
+        "-o", "--output", type=Path, default=Path("-"), metavar="FILE", help="default: stdout"
+    )
+    e.add_argument(
+        "--assignment-name",
+        metavar="NAME",
+        help="the assignment's name in the LMS (default: the tensorgrade assignment id)",
+    )
+    e.add_argument(
+        "--canvas-assignment-id",
+        type=int,
+        metavar="ID",
+        help="canvas: the Canvas assignment id, so the column is 'NAME (ID)' and matches exactly",
+    )
+    e.add_argument(
+        "--moodle-id",
+        choices=list(MOODLE_ID_FIELDS),
+        default="email",
+        help="moodle: identify students by email (default; roster 'email'), username "
+        "('login_id'), idnumber ('sis_user_id') or id ('moodle_id')",
+    )
+    e.set_defaults(func=_export)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run these commands alone (tests, or before they are wired into `tensorgrade`)."""
+    parser = argparse.ArgumentParser(prog="tensorgrade")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

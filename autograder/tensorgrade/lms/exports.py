@@ -1,0 +1,214 @@
+"""CSV exports of a results folder: Canvas gradebook import, Moodle grade import, and plain.
+
+Pure functions: results + roster in, CSV text out. What a format cannot carry (a submission with
+no roster row, a roster row with no result, an ungradable submission left blank) is listed by
+`export_notes`, for the caller to report.
+
+Canvas (Grades > Import): header ``Student,ID,SIS User ID,SIS Login ID,Section,<name> (<id>)``,
+then Canvas's own ``Points Possible`` row; Canvas matches a row by ID, then SIS User ID, then SIS
+Login ID, then name. An empty cell leaves the Canvas grade unchanged.
+
+Moodle (Grade administration > Import > CSV file): one identifier column (mapped in the import
+form to email address, username, ID number or user id), the grade column and a feedback column.
+Moodle aborts the whole import on a row whose user it cannot find and clears a grade on an empty
+cell, so rows without an identifier or a grade are left out (and reported).
+
+Plain: every result and every roster row, with status, total, max, per-question scores and the
+reason; numbers with 6 decimals so that reading it back gives the same scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+from ..results import SubmissionResult
+from .feedback import grade_for, max_points, one_line, points
+from .roster import Student, match
+
+FORMATS = ("canvas", "moodle", "plain")
+# Moodle's user fields an import can be matched on -> (roster column, header we write).
+MOODLE_ID_FIELDS = {
+    "email": ("email", "Email address"),
+    "username": ("login_id", "Username"),
+    "idnumber": ("sis_user_id", "ID number"),
+    "id": ("moodle_id", "User ID"),
+}
+PLAIN_PLACES = 6
+
+
+@dataclass
+class ExportNotes:
+    """What the export left out or left blank, by submission/roster label."""
+
+    no_roster_row: list[str] = field(default_factory=list)
+    no_result: list[str] = field(default_factory=list)
+    no_identifier: list[str] = field(default_factory=list)
+    blank_ungradable: list[str] = field(default_factory=list)
+
+
+def _writer(buf: io.StringIO):
+    return csv.writer(buf, lineterminator="\r\n")  # RFC 4180; Excel, Canvas and Moodle accept it
+
+
+def _sheet_safe(text: str) -> str:
+    """Neutralise text a spreadsheet would run as a formula (submission names come from students)."""
+    return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
+
+
+def canvas_column(assignment_name: str, assignment_id: int | None) -> str:
+    return f"{assignment_name} ({assignment_id})" if assignment_id is not None else assignment_name
+
+
+def canvas_csv(
+    results: list[SubmissionResult],
+    roster: dict[str, Student],
+    assignment_name: str,
+    assignment_id: int | None = None,
+    ungradable: str = "blank",
+) -> str:
+    """Canvas gradebook import: one row per result that has a roster row."""
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow(
+        ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+        + [canvas_column(assignment_name, assignment_id)]
+    )
+    mx = max_points(results)
+    w.writerow(["    Points Possible", "", "", "", "", points(mx) if mx is not None else ""])
+    for r, st in match(results, roster).pairs:
+        if not _canvas_identifiable(st):
+            continue
+        g = grade_for(r, ungradable)
+        w.writerow(
+            [
+                st.name,
+                st.canvas_user_id,
+                st.sis_user_id,
+                st.login_id,
+                st.section,
+                points(g) if g is not None else "",
+            ]
+        )
+    return buf.getvalue()
+
+
+def moodle_csv(
+    results: list[SubmissionResult],
+    roster: dict[str, Student],
+    assignment_name: str,
+    id_field: str = "email",
+    ungradable: str = "blank",
+) -> str:
+    """Moodle CSV grade import: identifier, full name, grade, feedback."""
+    if id_field not in MOODLE_ID_FIELDS:
+        raise ValueError(f"id_field must be one of {', '.join(MOODLE_ID_FIELDS)}")
+    column, header = MOODLE_ID_FIELDS[id_field]
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow([header, "Full name", assignment_name, f"{assignment_name} feedback"])
+    for r, st in match(results, roster).pairs:
+        g = grade_for(r, ungradable)
+        ident = getattr(st, column)
+        if g is None or not ident:
+            continue
+        w.writerow([ident, st.name, points(g, 5), one_line(r)])
+    return buf.getvalue()
+
+
+def plain_csv(results: list[SubmissionResult], roster: dict[str, Student] | None = None) -> str:
+    """Everything, one row per submission and per roster row without a result."""
+    roster = roster or {}
+    questions = list(dict.fromkeys(q for r in results for q in r.question_scores()))
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow(
+        ["submission", "name", "email", "sis_user_id", "assignment", "status", "score", "max_score"]
+        + questions
+        + ["reason"]
+    )
+    m = match(results, roster)
+    rows = [(r, st) for r, st in m.pairs] + [(r, None) for r in m.no_roster_row]
+    for r, st in sorted(rows, key=lambda p: p[0].submission):
+        qs = r.question_scores()
+        w.writerow(
+            [
+                _sheet_safe(r.submission),
+                st.name if st else "",
+                st.email if st else "",
+                st.sis_user_id if st else "",
+                r.assignment,
+                r.status,
+                points(r.score, PLAIN_PLACES),
+                points(r.max_score, PLAIN_PLACES),
+            ]
+            + [points(qs[q][0], PLAIN_PLACES) if q in qs else "" for q in questions]
+            + [_sheet_safe(" ".join(r.reason.split()))]
+        )
+    for st in m.no_result:
+        w.writerow(
+            [_sheet_safe(st.submission), st.name, st.email, st.sis_user_id, "", "no result", "", ""]
+            + [""] * len(questions)
+            + ["no results.json for this roster row"]
+        )
+    return buf.getvalue()
+
+
+def export_csv(
+    fmt: str,
+    results: list[SubmissionResult],
+    roster: dict[str, Student] | None,
+    *,
+    assignment_name: str = "",
+    assignment_id: int | None = None,
+    moodle_id_field: str = "email",
+    ungradable: str = "blank",
+) -> str:
+    """Dispatch on ``fmt`` (one of FORMATS); canvas and moodle need a roster."""
+    if fmt == "plain":
+        return plain_csv(results, roster)
+    if roster is None:
+        raise ValueError(f"the {fmt} format needs a roster (--roster)")
+    name = assignment_name or _assignment_of(results)
+    if fmt == "canvas":
+        return canvas_csv(results, roster, name, assignment_id, ungradable)
+    if fmt == "moodle":
+        return moodle_csv(results, roster, name, moodle_id_field, ungradable)
+    raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def export_notes(
+    fmt: str,
+    results: list[SubmissionResult],
+    roster: dict[str, Student] | None,
+    *,
+    moodle_id_field: str = "email",
+    ungradable: str = "blank",
+) -> ExportNotes:
+    """What `export_csv` with the same arguments leaves out or leaves blank."""
+    notes = ExportNotes()
+    if roster is None:
+        return notes
+    m = match(results, roster)
+    notes.no_roster_row = [r.submission for r in m.no_roster_row]
+    notes.no_result = [st.label for st in m.no_result]
+    if fmt == "plain":
+        return notes  # plain keeps both kinds, as rows
+    column = MOODLE_ID_FIELDS[moodle_id_field][0]
+    for r, st in m.pairs:
+        identified = bool(getattr(st, column)) if fmt == "moodle" else _canvas_identifiable(st)
+        if not identified:
+            notes.no_identifier.append(st.label)
+        elif grade_for(r, ungradable) is None:
+            notes.blank_ungradable.append(f"{st.label}: {' '.join(r.reason.split())[:120]}")
+    return notes
+
+
+def _canvas_identifiable(st: Student) -> bool:
+    return bool(st.canvas_user_id or st.sis_user_id or st.login_id or st.name)
+
+
+def _assignment_of(results: list[SubmissionResult]) -> str:
+    ids = sorted({r.assignment for r in results})
+    return ids[0] if len(ids) == 1 else "tensorgrade"
