@@ -229,6 +229,10 @@ def make_parser() -> argparse.ArgumentParser:
     from .lms.cli import register as register_lms
 
     register_lms(sub)
+
+    from .reports.cli import register as register_report
+
+    register_report(sub)
     return p
 
 
