@@ -380,10 +380,13 @@ def _grade(a, specs, data: bytes, name: str) -> SubmissionResult:
 
 
 def _check_common(a, digest, result: SubmissionResult):
-    text = json.dumps(result.to_gradescope())
+    doc = result.to_gradescope()
+    figures = doc["extra_data"].pop("figures")
+    text = json.dumps(doc)
     for marker in LEAK_MARKERS:
         assert marker not in text, f"hidden test material leaked: {marker!r}"
     assert len(text) < 300_000, "feedback must stay small"
+    assert sum(len(f["png"]) for f in figures) <= engine._FIGURES_TOTAL
     now = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.tests_dir.iterdir()}
     assert now == digest, "hidden test files were changed"
     if can_confine():

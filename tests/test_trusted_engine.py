@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import zipfile
 
 import nbformat
@@ -130,6 +131,32 @@ def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch,
     assert r.isolation == "reduced"
     assert json.loads(json.dumps(r.to_gradescope()))["extra_data"]["isolation"] == "reduced"
     assert "isolation: reduced" in capsys.readouterr().err
+
+
+def test_without_namespaces_root_still_gives_the_student_a_uid_of_its_own(
+    a1, monkeypatch, interpreter_reachable_by_others
+):
+    """Where a container refuses namespaces (Docker's defaults, maybe Gradescope), a root judge
+    still runs the student's code as the slot's uid, never as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    a, specs, _ = a1
+    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "can_confine", lambda: False)
+    nb = nbformat.read(a.solution, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import os\nprint('student uid', os.getuid())"))
+    r = engine.grade(
+        nbformat.writes(nb).encode(),
+        "ada.ipynb",
+        a.id,
+        specs,
+        limits=sandbox.Limits(),
+        files_from=a.student_dir,
+    )
+    assert r.score == 100 and r.isolation == "reduced"
+    assert r.sandbox_uids and min(r.sandbox_uids) >= sandbox.BASE_UID
+    assert f"student uid {r.sandbox_uids[0]}" in r.student_output
+    assert all(sandbox.uid_processes(u) == [] for u in r.sandbox_uids)
 
 
 def test_reduced_isolation_can_be_asked_for_and_is_recorded(a1):

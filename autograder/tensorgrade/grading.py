@@ -48,6 +48,9 @@ class GradeOptions:
     progress: bool = True
     isolation: str = "full"  # "reduced": no namespaces/private root/uid (recorded in results)
     gpu_slots: int = 0  # >0: pin each worker (and its sandboxes) to one GPU, this many per GPU
+    judge_user: str = (
+        ""  # run the judge (hidden tests, decoding) as this user; only the zygote stays root
+    )
 
 
 def infer_assignment(root: Path, sub: Submission) -> Assignment:
@@ -136,7 +139,7 @@ def grade_many(
     """
     gpu_ids = _gpu_plan(opts)
     workers = max(1, min(opts.gpu_slots * len(gpu_ids) if gpu_ids else opts.jobs, len(jobs)))
-    if workers == 1 and not gpu_ids:
+    if workers == 1 and not gpu_ids and not opts.judge_user:
         for job in jobs:
             yield job, _grade_job(job, opts, ags[job[0].id])
         return
@@ -146,7 +149,7 @@ def grade_many(
         max_workers=workers,
         mp_context=ctx,
         initializer=_start_worker,
-        initargs=(counter, gpu_ids),
+        initargs=(counter, gpu_ids, opts.judge_user),
     ) as pool:
         futs = {pool.submit(_grade_job, job, opts, ags[job[0].id]): job for job in jobs}
         try:
@@ -161,6 +164,20 @@ def grade_many(
 _worker_slot = 0
 
 
+def check_judge_user(user: str) -> None:
+    """Fail early, with a reason, if the grader can't run its judge as ``user``."""
+    import pwd
+
+    if os.geteuid() != 0:
+        raise GradingError("--judge-user needs root (to start sandboxes as their own uids)")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise GradingError(f"--judge-user: no user named {user!r}") from None
+    if pw.pw_uid == 0:
+        raise GradingError("--judge-user must be an unprivileged user, not root")
+
+
 def _gpu_plan(opts: GradeOptions) -> list[str]:
     """The GPUs workers are pinned to (none unless --gpu-slots was given)."""
     if opts.gpu_slots <= 0:
@@ -173,9 +190,10 @@ def _gpu_plan(opts: GradeOptions) -> list[str]:
     return found
 
 
-def _start_worker(counter, gpu_ids: list[str]) -> None:
+def _start_worker(counter, gpu_ids: list[str], judge_user: str) -> None:
     """Give this worker process its sandbox slot and, with --gpu-slots, its one GPU: set before
-    torch touches CUDA, and inherited by every sandbox the worker starts."""
+    torch touches CUDA, and inherited by every sandbox the worker starts. With a judge user, start
+    the zygote (which must stay root to confine sandboxes), then drop to that user for good."""
     global _worker_slot
     with counter.get_lock():
         _worker_slot = counter.value
@@ -184,6 +202,23 @@ def _start_worker(counter, gpu_ids: list[str]) -> None:
         from .judge.gpus import gpu_for_slot
 
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
+    if judge_user:
+        _become(judge_user)
+
+
+def _become(user: str) -> None:
+    import pwd
+
+    from .judge.sandbox import Zygote, can_confine, uid_lock_dir
+
+    pw = pwd.getpwnam(user)
+    can_confine()  # probed (and cached) while root: the judge user could not unshare
+    uid_lock_dir()  # made shareable while root
+    if Zygote.get() is None:
+        raise GradingError("the sandbox starter (zygote) could not run")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
 
 
 @functools.cache
@@ -208,6 +243,8 @@ def grade_batch(
     from .submissions import collect
 
     _gpu_plan(opts)  # fail before any work if --gpu-slots can't be honoured
+    if opts.judge_user:
+        check_judge_user(opts.judge_user)
     subs = collect(paths)
     if not subs:
         raise FileNotFoundError("no notebooks found in " + ", ".join(map(str, paths)))

@@ -68,6 +68,7 @@ class SubmissionResult:
     # images the student's own cells displayed: [{"cell": int, "png": base64 str}], size-capped
     figures: list = field(default_factory=list)
     gpu: dict = field(default_factory=dict)  # {"device", "memory_released"} on a GPU machine
+    judge_user: str = ""  # who evaluated the hidden tests (the image's unprivileged 'judge')
 
     @property
     def score(self) -> float:
@@ -117,6 +118,7 @@ class SubmissionResult:
                 "sandbox_uids": self.sandbox_uids,
                 "figures": self.figures,
                 "gpu": self.gpu,
+                "judge_user": self.judge_user,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -140,6 +142,7 @@ class SubmissionResult:
             sandbox_uids=extra.get("sandbox_uids", []),
             figures=extra.get("figures", []),
             gpu=extra.get("gpu", {}),
+            judge_user=extra.get("judge_user", ""),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import inspect
 import os
+import pwd
 import re
 import sys
 import time
@@ -15,7 +16,15 @@ from ..results import SubmissionResult, TestResult, not_run
 from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
 from .proxy import Proxy, StudentError
-from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, can_confine
+from .sandbox import (
+    Limits,
+    Sandbox,
+    SandboxDied,
+    SandboxTimeout,
+    can_confine,
+    others_can_use,
+    visible_paths,
+)
 from .source import definition_source
 
 # Lines otter adds to student notebooks; the trusted engine does not need otter in the sandbox.
@@ -24,8 +33,9 @@ _OTTER_LINE = re.compile(
     r"grader\.check(_all)?\(.*\)|grader\.export\(.*\))\s*$"
 )
 _STDOUT_TOTAL = 50_000
-_MAX_FIGURES = 8  # per submission; each at most _FIGURE_BYTES of PNG
+_MAX_FIGURES = 8  # per submission; each at most _FIGURE_BYTES of PNG, all at most _FIGURES_TOTAL
 _FIGURE_BYTES = 400_000
+_FIGURES_TOTAL = 1_000_000  # characters of base64: results.json stays small enough to upload
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _warned_reduced = False
 
@@ -44,6 +54,7 @@ class Session:
     cells: list[str]
     forbidden: list[Path] = field(default_factory=list)
     confine: bool = True
+    own_uid: bool = False  # without namespaces: run the student's code as the slot's uid anyway
     sandbox: Sandbox | None = None
     uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
@@ -53,10 +64,15 @@ class Session:
 
     def start(self) -> None:
         self.sandbox = Sandbox(
-            self.slot, self.limits, self.files_from, self.forbidden, confine=self.confine
+            self.slot,
+            self.limits,
+            self.files_from,
+            self.forbidden,
+            confine=self.confine,
+            own_uid=self.own_uid,
         )
         self.sandbox.start()
-        if self.sandbox.confine:
+        if self.sandbox.switches_uid:
             self.uids.append(self.sandbox.uid)
 
     def restart(self, deadline: float) -> None:
@@ -113,8 +129,10 @@ def grade(
     start = time.monotonic()
     result = SubmissionResult(assignment_id, name, "trusted", "graded")
     confine = isolation == "full" and can_confine()
+    own_uid = not confine and isolation == "full" and _uid_without_namespaces(forbidden or [])
     result.isolation = "full" if confine else "reduced"
-    _warn_if_reduced(confine, isolation)
+    result.judge_user = _user_name(os.getuid())
+    _warn_if_reduced(confine, own_uid, isolation)
 
     try:
         nb = _checked_notebook(nb_bytes, name, assignment_id)
@@ -123,7 +141,7 @@ def grade(
 
     cells = [strip_otter(cell_source(c)) for c in nb["cells"] if c.get("cell_type") == "code"]
     deadline = start + limits.submission_timeout
-    session = Session(limits, files_from, slot, cells, list(forbidden or []), confine)
+    session = Session(limits, files_from, slot, cells, list(forbidden or []), confine, own_uid)
     notes: list[str] = []
     stdout: list[str] = []
     figures: list[dict] = []
@@ -156,6 +174,13 @@ def grade(
     return result
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _record_gpu(result: SubmissionResult, released: list[bool | None], notes: list[str]) -> None:
     """On a GPU machine: which GPU the sandbox had, and whether it gave all its memory back."""
     checked = [r for r in released if r is not None]
@@ -169,14 +194,28 @@ def _record_gpu(result: SubmissionResult, released: list[bool | None], notes: li
         notes.append("GPU memory of the sandbox was still held after it was killed")
 
 
-def _warn_if_reduced(confine: bool, isolation: str) -> None:
+def _uid_without_namespaces(forbidden: list[Path]) -> bool:
+    """Namespaces refused but root (Docker's defaults, perhaps Gradescope): the student's code can
+    still run as the slot's own uid, if that uid can reach the interpreter without a private root."""
+    return os.geteuid() == 0 and others_can_use(visible_paths(forbidden))
+
+
+def _warn_if_reduced(confine: bool, own_uid: bool, isolation: str) -> None:
     global _warned_reduced
     if confine or _warned_reduced:
         return
-    why = "asked for" if isolation != "full" else "not root, or namespaces are not allowed"
+    if own_uid:
+        what = "namespaces or a private root (it runs as its own uid; files are protected only by "
+        what += "their permissions, the network only by the container's)"
+        why = "namespaces are not allowed here"
+    else:
+        what = "namespaces, a private root or a separate uid"
+        why = "asked for" if isolation != "full" else "not root, or namespaces are not allowed"
+        if isolation == "full" and os.geteuid() == 0:
+            why = "namespaces are not allowed, and other uids can't reach the interpreter"
     print(
-        f"WARNING: student code runs WITHOUT namespaces, a private root or a separate uid "
-        f"({why}): isolation: reduced, recorded in every result.",
+        f"WARNING: student code runs WITHOUT {what} ({why}): isolation: reduced, recorded in "
+        "every result.",
         file=sys.stderr,
     )
     _warned_reduced = True
@@ -236,7 +275,8 @@ def _run_cells(
         if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
             stdout.append(f"[cell {i}]\n{header['stdout']}")
         for png in _checked_figures(header.get("figures"), _MAX_FIGURES - len(figures)):
-            figures.append({"cell": i, "png": png})
+            if sum(len(f["png"]) for f in figures) + len(png) <= _FIGURES_TOTAL:
+                figures.append({"cell": i, "png": png})
         if header.get("ok"):
             session.good_cells.append(src)
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import wire
 from ..sandbox.confine import unshare_namespaces
+from ..sandbox.procs import reap_uid, uid_processes  # noqa: F401  (tests use them)
 from . import gpus
 
 BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
@@ -102,10 +103,17 @@ class Sandbox:
     files_from: Path | None = None
     forbidden: list[Path] = field(default_factory=list)  # never visible inside (masters, dist)
     confine: bool = field(default_factory=lambda: can_confine())
+    # without namespaces, still run as the slot's own uid where the judge can (it is root)
+    own_uid: bool = False
     proc: subprocess.Popen | None = None
     pid: int | None = None
     isolation: dict = field(default_factory=dict)
     gpu_released: bool | None = None  # set by close() on a GPU machine (None: not checked)
+
+    @property
+    def switches_uid(self) -> bool:
+        """Whether the student's code runs as the slot's uid (not the judge's)."""
+        return self.confine or (self.own_uid and os.geteuid() == 0)
 
     def start(self) -> None:
         self.uid, self._lock = acquire_uid(self.slot)
@@ -119,17 +127,15 @@ class Sandbox:
         else:
             self.workdir.mkdir()
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        if self.confine:
-            for p in [self.workdir, *self.workdir.rglob("*")]:
-                os.chown(p, self.uid, self.uid, follow_symlinks=False)
-            os.chmod(self.workdir, 0o700)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         cfg = {
             "req_fd": req_r,
             "resp_fd": resp_w,
             "workdir": str(self.workdir),
+            "judge_uid": os.getuid(),
             "confine": self.confine,
+            "own_uid": self.switches_uid,
             "uid": self.uid,
             "gid": self.uid,
             "newroot": str(self.base / "root"),
@@ -259,21 +265,30 @@ class Sandbox:
             return "the sandbox could not enter its namespaces"
         return f"the process exited with code {code}"
 
-    def close(self) -> None:
-        """Kill the sandbox and everything its uid left running, then remove its files."""
-        on_gpu = _cuda_present()
-        holders = {self.pid} if self.pid else set()
-        if on_gpu and self.confine and self.pid:
-            holders |= set(uid_processes(self.uid))
+    def _kill(self) -> None:
         if self.pid:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             self._exit_code(5.0)
-            self.pid = None
-        if self.confine:
+        if self.switches_uid and hasattr(self, "uid"):
             reap_uid(self.uid)
+
+    def close(self) -> None:
+        """Kill the sandbox and everything its uid left running, then remove its files."""
+        on_gpu = _cuda_present()
+        holders = {self.pid} if self.pid else set()
+        if on_gpu and self.switches_uid and self.pid and hasattr(self, "uid"):
+            holders |= set(uid_processes(self.uid))
+        if self.pid and self.proc is None and os.geteuid() != 0:
+            # an unprivileged judge may not kill the sandbox uid: the zygote (root) does it
+            Zygote.get().reap(
+                self.pid, getattr(self, "uid", None) if self.switches_uid else None, str(self.base)
+            )
+        else:
+            self._kill()
+        self.pid = None
         if on_gpu and holders:
             self.gpu_released = gpus.memory_released(holders)
         for fd in (getattr(self, "req_w", None), getattr(self, "resp_r", None)):
@@ -282,7 +297,8 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
-        shutil.rmtree(self.base, ignore_errors=True)
+        if hasattr(self, "base"):
+            shutil.rmtree(self.base, ignore_errors=True)
         if getattr(self, "_lock", None) is not None:
             self._lock.close()  # releases the uid for the next sandbox
             self._lock = None
@@ -331,13 +347,21 @@ class Zygote:
                 return None
             return cls._instance
 
-    def _ask(self, msg: dict, fds: tuple[int, ...] = ()) -> dict:
+    def _ask(self, msg: dict, fds: tuple[int, ...] = (), timeout: float = 30) -> dict:
         with self._lock:
+            self.sock.settimeout(timeout)
             socket.send_fds(self.sock, [json.dumps(msg).encode()], list(fds))
             return json.loads(self.sock.recv(1 << 16))
 
     def spawn(self, cfg: dict, fds: tuple[int, int]) -> int:
         return int(self._ask({"op": "spawn", "cfg": cfg}, fds)["pid"])
+
+    def reap(self, pid: int | None, uid: int | None, base: str) -> None:
+        """Kill a sandbox and its uid's processes and remove its files (for an unprivileged judge)."""
+        try:
+            self._ask({"op": "reap", "pid": pid, "uid": uid, "base": base}, timeout=60)
+        except (OSError, ValueError):
+            pass
 
     def status(self, pid: int, timeout: float) -> int | None:
         try:
@@ -349,15 +373,29 @@ class Zygote:
 MAX_SLOTS = 4096
 
 
+def uid_lock_dir() -> Path:
+    """Where sandbox uids are locked; shared by graders running as root and as a judge user."""
+    lock_dir = Path(tempfile.gettempdir()) / "tensorgrade-uids"
+    lock_dir.mkdir(exist_ok=True)
+    if lock_dir.stat().st_uid == os.geteuid():
+        os.chmod(lock_dir, 0o1777)
+    return lock_dir
+
+
 def acquire_uid(preferred: int) -> tuple[int, object]:
     """Lock a sandbox uid for this process, machine-wide (several graders may run at once).
 
     Cleaning up kills every process of the uid, so two live sandboxes must never share one.
     """
-    lock_dir = Path(tempfile.gettempdir()) / "tensorgrade-uids"
-    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    lock_dir = uid_lock_dir()
     for k in [preferred, *range(MAX_SLOTS)]:
-        f = open(lock_dir / f"{k}.lock", "a+")
+        try:
+            fd = os.open(lock_dir / f"{k}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o666)
+        except OSError:
+            continue
+        f = os.fdopen(fd, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -365,44 +403,6 @@ def acquire_uid(preferred: int) -> tuple[int, object]:
             continue
         return BASE_UID + k, f
     raise SandboxDied("no free sandbox uid")
-
-
-def reap_uid(uid: int, patience: float = 20.0) -> None:
-    """SIGKILL every process of ``uid`` (daemons that left the process group included), until
-    none is left alive. Hundreds of processes (a fork bomb) can take a while to die on a busy
-    machine, so this keeps killing and checking for up to ``patience`` seconds."""
-    deadline = time.monotonic() + patience
-    while True:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-                os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            os._exit(0)
-        os.waitpid(pid, 0)
-        if not uid_processes(uid) or time.monotonic() > deadline:
-            return
-        time.sleep(0.1)
-
-
-def uid_processes(uid: int) -> list[int]:
-    """Live processes of ``uid`` (zombies excluded: they run nothing and wait for a reaper)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.stat(f"/proc/{d}").st_uid != uid:
-                    continue
-                with open(f"/proc/{d}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    pids.append(int(d))
-            except (OSError, IndexError):
-                pass
-    return pids
 
 
 def visible_paths(forbidden: list[Path] = ()) -> list[str]:
@@ -420,12 +420,34 @@ def visible_paths(forbidden: list[Path] = ()) -> list[str]:
     out = []
     for p in sorted(paths):
         rp = Path(p).resolve()
-        if not rp.is_dir() or any(str(rp).startswith(d + "/") for d in ("/usr", "/etc")):
+        if not _is_dir(rp) or any(str(rp).startswith(d + "/") for d in ("/usr", "/etc")):
             continue
         if any(rp == f.resolve() or rp in f.resolve().parents for f in forbidden):
             continue
         out.append(str(rp))
     return out
+
+
+def others_can_use(paths: list[str]) -> bool:
+    """Whether a uid with no rights of its own can reach and read every path: without a private
+    root, the sandbox sees the machine's folders with their own permissions (an interpreter under
+    a 0700 /root would not even import)."""
+    for p in map(Path, paths):
+        try:
+            if any(not d.stat().st_mode & 0o001 for d in p.parents):
+                return False
+            if p.stat().st_mode & 0o005 != 0o005:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except PermissionError:  # a judge user may not look inside; the sandbox mounts it as root
+        return True
 
 
 def _cuda_present() -> bool:

@@ -36,6 +36,15 @@ class _Capped(io.TextIOBase):
         return out + (f"\n[... {self.dropped} more characters not shown]" if self.dropped else "")
 
 
+def _hand_over(workdir: str, uid: int) -> None:
+    """Make the private working directory the sandbox uid's (done here, as root, so that the
+    judge itself need not be root)."""
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.chown(name, uid, uid, follow_symlinks=False)
+    os.chmod(workdir, 0o700)
+
+
 def _take_figures(max_bytes: int) -> list[str]:
     """PNGs (base64) of the figures a cell left open, then closed, as Jupyter's inline backend
     would show them: the student's own plots become part of their feedback report."""
@@ -70,6 +79,8 @@ def run(cfg: dict) -> None:
 
     if cfg.get("forked"):  # by the zygote: take over its stdio, environment and thread count
         err = os.open(cfg["stderr_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if os.getuid() == 0:
+            os.fchown(err, cfg["judge_uid"], -1)  # the judge reads it to explain a failed start
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(err, 2)
         os.dup2(null, 1)
@@ -85,13 +96,16 @@ def run(cfg: dict) -> None:
     isolation = {"confined": cfg["confine"], "visible": [], "uid": os.getuid()}
     if cfg["confine"]:
         uid, home = cfg["uid"], cfg["workdir"]
+        _hand_over(home, uid)
         accounts = {
             "passwd": f"root:x:0:0::/root:/bin/sh\nstudent:x:{uid}:{uid}::{home}:/bin/sh\n",
             "group": f"root:x:0:\nstudent:x:{uid}:\n",
         }
         isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [home], accounts)
+    elif cfg.get("own_uid"):  # no namespaces to be had: at least not the judge's uid
+        _hand_over(cfg["workdir"], cfg["uid"])
     set_limits(cfg.get("limits", {}))
-    if cfg["confine"]:
+    if cfg["confine"] or cfg.get("own_uid"):
         drop_privileges(cfg["uid"], cfg["gid"])
         isolation["uid"] = os.getuid()
     os.chdir(cfg["workdir"])

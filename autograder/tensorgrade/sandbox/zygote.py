@@ -65,6 +65,9 @@ def main() -> None:
             for fd in fds:
                 os.close(fd)
             sock.sendall(json.dumps({"pid": pid}).encode())
+        elif req["op"] == "reap":  # for a judge that runs as an unprivileged user
+            _reap(req, statuses, reap)
+            sock.sendall(b"{}")
         elif req["op"] == "status":
             deadline = time.monotonic() + float(req.get("timeout", 2.0))
             pid = int(req["pid"])
@@ -72,6 +75,32 @@ def main() -> None:
                 reap()
                 time.sleep(0.02)
             sock.sendall(json.dumps({"code": statuses.pop(pid, None)}).encode())
+
+
+def _reap(req: dict, statuses: dict, reap) -> None:
+    """Kill one sandbox (its process group and every process of its uid), then remove its files."""
+    import shutil
+    import tempfile
+
+    from .procs import reap_uid
+
+    pid, uid, base = req.get("pid"), req.get("uid"), str(req.get("base", ""))
+    if isinstance(pid, int) and pid > 1:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 5
+        while pid not in statuses and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.02)
+        statuses.pop(pid, None)
+    if isinstance(uid, int) and uid >= 61000:  # sandbox uids only: never root or the judge
+        reap_uid(uid)
+    tmp = os.path.realpath(tempfile.gettempdir())
+    real = os.path.realpath(base)
+    if os.path.dirname(real) == tmp and os.path.basename(real).startswith("tg-sandbox-"):
+        shutil.rmtree(real, ignore_errors=True)
 
 
 if __name__ == "__main__":
