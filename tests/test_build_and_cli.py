@@ -27,7 +27,24 @@ def _tg(*args, cwd, env=None):
     )
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["grade"], ["audit"], ["examples"]])
+COMMANDS = [
+    [],
+    ["build"],
+    ["grade"],
+    ["audit"],
+    ["examples"],
+    ["report"],
+    ["export"],
+    ["lms"],
+    ["lms", "canvas"],
+    ["lms", "canvas", "push"],
+    ["gradescope"],
+    ["gradescope", "run"],
+    ["gradescope", "zip"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "tensorgrade")
 def test_every_command_has_help(command, root):
     proc = _tg(*command, "--help", cwd=root)
     assert proc.returncode == 0
@@ -37,7 +54,7 @@ def test_every_command_has_help(command, root):
 
 def test_every_subcommand_is_covered_by_the_help_test():
     sub = next(a for a in make_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"build", "grade", "audit", "examples"}
+    assert set(sub.choices) == {c[0] for c in COMMANDS if c}
 
 
 def test_unknown_assignment_is_a_clear_error(root):

@@ -10,8 +10,8 @@ import pytest
 from fake_canvas import FakeCanvas  # tests/ is on sys.path (pytest's rootdir conftest)
 
 import tensorgrade.lms.canvas as canvas_mod
+from tensorgrade.cli import main
 from tensorgrade.lms.canvas import CanvasPushError, CanvasSession, RetryPolicy, normalise_url
-from tensorgrade.lms.cli import main
 from tensorgrade.results import SubmissionResult, TestResult, write_results_json
 
 COURSE, ASSIGNMENT = 1234, 5678

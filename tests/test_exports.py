@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tensorgrade.lms.cli import main
+from tensorgrade.cli import main
 from tensorgrade.lms.exports import canvas_csv, export_notes, moodle_csv, plain_csv
 from tensorgrade.lms.feedback import comment_text, one_line
 from tensorgrade.lms.roster import RosterError, match, parse_roster, read_roster

@@ -8,10 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-
-
-class _UsageError(Exception):
-    """Bad input from the command line: printed as `error: ...`, exit status 2."""
+from .errors import UsageError as _UsageError
 
 
 def _assignments(ids: list[str] | None):
@@ -27,6 +24,7 @@ def _assignments(ids: list[str] | None):
 
 def _build(args: argparse.Namespace) -> int:
     from .build import BuildError, build_one, stale_files, write_student
+    from .gradescope import write_gradescope_zip
 
     root, assignments = _assignments(args.ids)
     if not assignments:
@@ -47,8 +45,12 @@ def _build(args: argparse.Namespace) -> int:
             print(f"{a.id}: {state} ({time.monotonic() - t0:.1f} s)")
         else:
             written = write_student(built)
+            write_gradescope_zip(a)  # after the student files: the zip ships their data files
             what = f"wrote {len(written)} student file(s)" if written else "student files unchanged"
-            print(f"{a.id}: {what}; dist/{a.id}/ ready ({time.monotonic() - t0:.1f} s)")
+            print(
+                f"{a.id}: {what}; dist/{a.id}/ ready, gradescope.zip included "
+                f"({time.monotonic() - t0:.1f} s)"
+            )
     if stale_all:
         for p in stale_all:
             print(f"stale: {p.relative_to(root)}", file=sys.stderr)
@@ -63,8 +65,8 @@ def _grade(args: argparse.Namespace) -> int:
 
     if args.gpu_slots < 0 or args.jobs < 1:
         raise _UsageError("--jobs must be at least 1 and --gpu-slots at least 0")
-    if args.gpu_slots and args.engine != "trusted":
-        raise _UsageError("--gpu-slots needs the trusted engine")
+    if (args.gpu_slots or args.judge_user) and args.engine != "trusted":
+        raise _UsageError("--gpu-slots and --judge-user need the trusted engine")
     root = find_root()
     opts = GradeOptions(
         engine=args.engine,
@@ -74,6 +76,7 @@ def _grade(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         isolation=args.isolation,
         gpu_slots=args.gpu_slots,
+        judge_user=args.judge_user,
     )
     try:
         results = grade_batch(root, args.paths, args.output, opts, args.assignment)
@@ -136,7 +139,8 @@ def make_parser() -> argparse.ArgumentParser:
         description=(
             "Run otter assign on each master notebook solutions/<id>/<id>.ipynb. Writes the "
             "student notebook to assignments/<id>/ (commit it) and the solution notebook, test "
-            "files and autograder.zip to dist/<id>/ (build output, not committed). Builds are "
+            "files, autograder.zip and gradescope.zip (upload it to Gradescope; it holds the "
+            "hidden tests) to dist/<id>/ (build output, not committed). Builds are "
             "byte-identical when nothing changed."
         ),
     )
@@ -196,6 +200,14 @@ def make_parser() -> argparse.ArgumentParser:
         "sandbox seeing only its own GPU (CUDA_VISIBLE_DEVICES), and check after each that its "
         "GPU memory was given back; replaces --jobs",
     )
+    g.add_argument(
+        "--judge-user",
+        metavar="USER",
+        default="",
+        help="trusted engine, as root: evaluate hidden tests and decode the sandboxes' answers as "
+        "this unprivileged user (the grading image's 'judge'); only the sandbox starter keeps "
+        "root, to give each sandbox its own uid",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_grade)
 
@@ -233,6 +245,10 @@ def make_parser() -> argparse.ArgumentParser:
     from .reports.cli import register as register_report
 
     register_report(sub)
+
+    from .gradescope import register as register_gradescope
+
+    register_gradescope(sub)
     return p
 
 

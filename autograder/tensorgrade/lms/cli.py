@@ -352,15 +352,3 @@ def register(subparsers) -> None:
         "('login_id'), idnumber ('sis_user_id') or id ('moodle_id')",
     )
     e.set_defaults(func=_export)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run these commands alone (tests, or before they are wired into `tensorgrade`)."""
-    parser = argparse.ArgumentParser(prog="tensorgrade")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""Gradescope: ``dist/<id>/gradescope.zip`` and the ``run_autograder`` that grades one submission.
+
+Gradescope unpacks the zip to ``/autograder/source``, runs ``setup.sh`` once when it builds the
+image, then runs ``run_autograder`` as root for every submission (the student's files are in
+``/autograder/submission``). Grading is the trusted engine's, exactly as ``tensorgrade grade``
+does it: the student's cells run in the sandbox, as an unprivileged uid, in a private root that
+holds nothing of ``/autograder``; the judge writes ``/autograder/results/results.json`` only after
+the sandbox is dead.
+
+The zip holds the tensorgrade source (installed by ``setup.sh``) and a minimal course root with
+exactly what grading reads: the built tests (hidden ones included), otter's bundle (its checksum
+identifies the build in every result), the student files the notebook expects next to it, and
+``grading.yml``. No master, no solution notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .course import Assignment
+from .errors import UsageError as _UsageError
+from .results import SubmissionResult, not_run, write_results_json
+from .submissions import Submission
+
+CONFIG_NAME = "tensorgrade-gradescope.json"  # at the zip's root: which assignment this zip grades
+COURSE_DIR = "course"  # the minimal course root inside the zip
+DEFAULT_ROOT = Path("/autograder")
+ROOT_ENV = "TENSORGRADE_AUTOGRADER_ROOT"  # another root than /autograder (tests)
+PYTHON_ENV = "TENSORGRADE_PYTHON"  # another interpreter than the one setup.sh installs (tests)
+VENV = "/opt/tensorgrade/venv"  # outside /autograder, so the sandbox may see the interpreter
+TORCH_PIN = "torch==2.13.0"  # the same pin as requirements/dev.txt (a test checks)
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # CPU wheels: Gradescope has no GPU
+OTTER_PIN = "otter-grader==7.0.0"  # the same pin as pyproject.toml (a test checks)
+EXECUTABLE = {"setup.sh", "run_autograder"}
+_SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints", "__MACOSX"}
+
+SETUP_SH = f"""#!/usr/bin/env bash
+# tensorgrade autograder for Gradescope. Gradescope runs this once, as root, when it builds the
+# autograder image (Ubuntu). It installs Python >= 3.11, CPU-only torch and tensorgrade (shipped
+# in this zip) into {VENV}; run_autograder uses that interpreter.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SRC=/autograder/source
+VENV={VENV}
+
+apt-get update
+if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PY=python3
+    apt-get install -y --no-install-recommends python3-venv
+else
+    apt-get install -y --no-install-recommends python3.11 python3.11-venv
+    PY=python3.11
+fi
+
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --no-cache-dir --upgrade pip
+"$VENV/bin/python" -m pip install --no-cache-dir --index-url {TORCH_INDEX} "{TORCH_PIN}"
+echo "{TORCH_PIN}" > /tmp/tensorgrade-constraints.txt
+"$VENV/bin/python" -m pip install --no-cache-dir -c /tmp/tensorgrade-constraints.txt \\
+    "{OTTER_PIN}" "$SRC"
+"$VENV/bin/python" -c "import torch, tensorgrade.gradescope; print('tensorgrade ready, torch', torch.__version__)"
+"""
+
+RUN_AUTOGRADER = f"""#!/bin/sh
+# Gradescope runs this as root for every submission, in /autograder. The trusted engine grades
+# the notebook in /autograder/submission and writes /autograder/results/results.json.
+exec "${{{PYTHON_ENV}:-{VENV}/bin/python}}" -m tensorgrade gradescope run
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the zip
+
+
+def gradescope_zip_path(a: Assignment) -> Path:
+    return a.dist / "gradescope.zip"
+
+
+def write_gradescope_zip(a: Assignment, out: Path | None = None) -> Path:
+    """Write the Gradescope autograder zip of a built assignment (default ``dist/<id>/``).
+
+    Byte-identical when its inputs are: sorted members, fixed timestamps and modes.
+    """
+    from .zips import write_zip
+
+    return write_zip(out or gradescope_zip_path(a), zip_members(a), EXECUTABLE)
+
+
+def zip_members(a: Assignment) -> dict[str, bytes]:
+    """Archive name -> content: scripts, config, tensorgrade's source, the minimal course root."""
+    config = {"format": 1, "assignment": a.id, "course": COURSE_DIR}
+    members = {
+        "setup.sh": SETUP_SH.encode(),
+        "run_autograder": RUN_AUTOGRADER.encode(),
+        CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+    }
+    members.update(_package_files())
+    members.update(_course_files(a))
+    return members
+
+
+def _package_files() -> dict[str, bytes]:
+    """tensorgrade as a pip-installable source tree: pyproject.toml, README.md, the package."""
+    import tensorgrade
+
+    pkg = Path(tensorgrade.__file__).resolve().parent
+    project = pkg.parent.parent
+    if not (project / "pyproject.toml").is_file():
+        raise FileNotFoundError(
+            f"cannot ship tensorgrade: no pyproject.toml at {project} (install tensorgrade from a "
+            "source checkout, e.g. `pip install -e .`)"
+        )
+    files = {"pyproject.toml": (project / "pyproject.toml").read_bytes()}
+    if (project / "README.md").is_file():  # pyproject names it: the install fails without it
+        files["README.md"] = (project / "README.md").read_bytes()
+    for p in _tree(pkg):
+        if p.suffix not in (".pyc", ".pyo"):
+            files[p.relative_to(project).as_posix()] = p.read_bytes()
+    return files
+
+
+def _course_files(a: Assignment) -> dict[str, bytes]:
+    """Exactly what grading reads, under ``course/`` with the paths `Assignment` expects."""
+    tests = sorted(a.tests_dir.glob("*.py")) if a.tests_dir.is_dir() else []
+    if not tests or not a.autograder_zip.is_file():
+        raise FileNotFoundError(f"{a.id} is not built: run `tensorgrade build {a.id}`")
+    paths = [*tests, a.autograder_zip]
+    grading_yml = a.master.parent / "grading.yml"
+    if grading_yml.is_file():
+        paths.append(grading_yml)
+    if a.student_dir.is_dir():  # data files the notebook reads; the engine skips notebooks
+        paths += [p for p in _tree(a.student_dir) if p.suffix != ".ipynb"]
+    return {f"{COURSE_DIR}/{p.relative_to(a.root).as_posix()}": p.read_bytes() for p in paths}
+
+
+def _tree(top: Path) -> list[Path]:
+    """Regular files under ``top``, sorted; no caches, checkpoints or hidden files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_PARTS and not d.startswith(".")]
+        out += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted(p for p in out if p.is_file() and not p.is_symlink())
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading one submission, inside Gradescope's container
+
+
+def autograder_root(root: Path | None = None) -> Path:
+    """``root``, else ``$TENSORGRADE_AUTOGRADER_ROOT``, else ``/autograder``."""
+    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def run(root: Path | None = None) -> int:
+    """Grade the notebook in ``root/submission``; write ``root/results/results.json``.
+
+    Returns 0 whenever a result for the student was written, whatever their code did; 1 when
+    the autograder itself failed (the results.json then says so, with a score of 0).
+    """
+    root = autograder_root(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no autograder directory at {root}")
+    out = root / "results" / "results.json"
+    _hide_from_student(root)
+    try:
+        a, specs, ag = _load_course(root / "source")
+    except Exception:  # noqa: BLE001 - a broken zip must still leave a result behind
+        traceback.print_exc(file=sys.stdout)
+        res = SubmissionResult("", "", "trusted", "ungradable", reason=_AUTOGRADER_BROKEN)
+        write_results_json(res, out)
+        return 1
+
+    key = _submission_key(root)
+    sub, why = find_submission(root / "submission", a.id, key)
+    code = 0
+    if sub is None:
+        res = _ungradable(a, specs, ag, why, key)
+    else:
+        from .grading import GradeOptions, grade_one
+
+        print(f"grading {sub.path.relative_to(root)} for {a.id} ...", flush=True)
+        try:
+            res = grade_one(a, specs, sub, GradeOptions(progress=False), ag)
+        except Exception:  # noqa: BLE001 - our bug, not the student's: say so, keep a result
+            traceback.print_exc(file=sys.stdout)
+            res, code = _ungradable(a, specs, ag, _AUTOGRADER_BROKEN, key), 1
+    write_results_json(res, out)
+    _print_summary(res, out)
+    return code
+
+
+_AUTOGRADER_BROKEN = (
+    "The autograder itself failed (not your code). Your course staff can see the details; "
+    "please tell them, and resubmit later."
+)
+
+
+def _load_course(source: Path) -> tuple[Assignment, list, str]:
+    """The assignment the zip grades, its tests (hidden ones included) and the bundle's hash."""
+    from .grading import file_sha256
+    from .testfiles import load_tests
+
+    config = json.loads((source / CONFIG_NAME).read_text(encoding="utf-8"))
+    a = Assignment(config["assignment"], (source / config.get("course", COURSE_DIR)).resolve())
+    return a, load_tests(a.tests_dir), file_sha256(a.autograder_zip)
+
+
+def _ungradable(a: Assignment, specs: list, ag: str, why: str, key: str) -> SubmissionResult:
+    res = SubmissionResult(a.id, key, "trusted", "ungradable", reason=why)
+    res.tests = [not_run(s, why) for s in specs]
+    res.autograder_sha256 = ag
+    return res
+
+
+def find_submission(
+    folder: Path, assignment_id: str, key: str = "submission"
+) -> tuple[Submission | None, str]:
+    """The one notebook the student uploaded (or one zip holding it), else None and why."""
+    files = _tree(folder) if folder.is_dir() else []
+    notebooks = [p for p in files if p.suffix.lower() == ".ipynb"]
+    if len(notebooks) == 1:
+        return Submission(key, notebooks[0]), ""
+    if len(notebooks) > 1:
+        names = ", ".join(p.relative_to(folder).as_posix() for p in notebooks[:10])
+        return None, (
+            f"Your submission holds {len(notebooks)} notebooks ({names}). Upload exactly one "
+            f"notebook, your {assignment_id}.ipynb, and resubmit."
+        )
+    zips = [p for p in files if p.suffix.lower() == ".zip"]
+    if len(zips) == 1:  # the grader opens it and takes its one notebook
+        return Submission(key, zips[0]), ""
+    got = ", ".join(p.relative_to(folder).as_posix() for p in files[:10]) or "no files"
+    return None, (
+        f"No notebook (.ipynb) was found in your submission ({got}). Upload your "
+        f"{assignment_id}.ipynb itself (not a PDF or an export) and resubmit."
+    )
+
+
+def _submission_key(root: Path) -> str:
+    """Gradescope's submission id when its metadata says (it names results), else 'submission'."""
+    try:
+        meta = json.loads((root / "submission_metadata.json").read_text(encoding="utf-8"))
+        return f"gradescope-{int(meta['id'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "submission"
+
+
+def _hide_from_student(root: Path) -> None:
+    """Root-only permissions on the zip's and the results' folders, as a second wall.
+
+    The sandbox's private root already leaves all of /autograder out; these modes also stop a
+    process of another uid that somehow reached the real file system.
+    """
+    (root / "results").mkdir(exist_ok=True)
+    for d in (root / "source", root / "results"):
+        try:
+            os.chmod(d, 0o700)
+        except OSError:
+            pass
+
+
+def _print_summary(res: SubmissionResult, out: Path) -> None:
+    """For the instructor: Gradescope shows run_autograder's stdout to staff only."""
+    print(f"{res.assignment}: {res.score:g} / {res.max_score:g} ({res.status}), wrote {out}")
+    print(f"isolation: {res.isolation}; sandbox uids: {res.sandbox_uids or 'none'}")
+    if res.isolation != "full" and res.status == "graded":
+        print(
+            "WARNING: the student's code ran WITHOUT the sandbox's namespaces, private root and "
+            "uid (this container forbids them): it could read /autograder/source, hidden tests "
+            "included. Do not reuse these hidden tests without a container that allows "
+            "unshare(2) (see docs/grading.md)."
+        )
+    if res.reason:
+        print(res.reason)
+    for t in res.tests:
+        mark = "PASS" if t.passed else "FAIL"
+        print(f"  {mark} {t.question}: {t.name} {t.score:g}/{t.max_score:g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: `python -m tensorgrade gradescope run` (run_autograder) and `... zip`
+
+
+def _zip_command(args: argparse.Namespace) -> int:
+    from .course import find_root, get_assignments
+
+    root = find_root()
+    try:
+        assignments = get_assignments(root, args.ids)
+    except KeyError as e:
+        raise _UsageError(e.args[0]) from None
+    if args.output and len(assignments) != 1:
+        raise _UsageError("--output needs exactly one assignment id")
+    for a in assignments:
+        path = write_gradescope_zip(a, args.output)
+        print(f"{a.id}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    if args.root is not None and not args.root.is_dir():
+        raise _UsageError(f"--root {args.root} is not a directory")
+    return run(args.root)
+
+
+def register(subparsers) -> None:
+    """`tensorgrade gradescope run|zip`."""
+    p = subparsers.add_parser(
+        "gradescope",
+        help="grade one submission inside Gradescope's container, or write gradescope.zip",
+        description="Gradescope autograder: grade one submission inside Gradescope's container "
+        "(run: what the zip's run_autograder calls), or write the autograder zip to upload (zip).",
+    )
+    sub = p.add_subparsers(dest="gradescope_command", metavar="COMMAND", required=True)
+    r = sub.add_parser(
+        "run",
+        help="grade /autograder/submission, write /autograder/results/results.json",
+        description=(
+            "What run_autograder calls. Finds the one notebook in ROOT/submission, grades it "
+            "with the trusted engine against the course in ROOT/source (the unpacked zip) and "
+            "writes ROOT/results/results.json. Exit 0 whenever a result was written (also when "
+            "the student's code fails or no notebook was submitted), 1 when the autograder "
+            "itself failed, 2 on bad arguments."
+        ),
+    )
+    r.add_argument(
+        "--root",
+        type=Path,
+        help=f"the autograder directory (default: ${ROOT_ENV}, else {DEFAULT_ROOT})",
+    )
+    r.set_defaults(func=_run_command)
+    z = sub.add_parser(
+        "zip",
+        help="write dist/<id>/gradescope.zip for built assignments",
+        description=(
+            "Write the zip to upload on Gradescope's 'Configure Autograder' page: setup.sh, "
+            "run_autograder, tensorgrade's source and the built tests (hidden ones included: "
+            "keep the zip away from students). Needs `tensorgrade build` first."
+        ),
+    )
+    z.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
+    z.add_argument("-o", "--output", type=Path, help="zip path (one assignment only)")
+    z.set_defaults(func=_zip_command)
