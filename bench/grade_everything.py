@@ -1,7 +1,8 @@
 """Grade the solution, the blank notebook and every mutant of each assignment; print times and
 per-question scores; optionally compare with a reference run (e.g. CPU scores on a GPU machine).
 
-    python bench/grade_everything.py [ID ...] [--jobs 4] [--otter-sample] [--out scores.json]
+    python bench/grade_everything.py [ID ...] [--jobs 4 | --gpu-slots 2] [--isolation reduced]
+                                     [--otter-sample] [--out scores.json]
                                      [--reference cpu_scores.json]
 
 Exits 1 if an audit problem is found or a score differs from the reference.
@@ -33,6 +34,8 @@ def main() -> int:
     ap.add_argument(
         "--otter-sample", action="store_true", help="also otter: 01 solution + 2 mutants"
     )
+    ap.add_argument("--gpu-slots", type=int, default=0, help="submissions at a time per GPU")
+    ap.add_argument("--isolation", choices=["full", "reduced"], default="full")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--reference", type=Path)
     args = ap.parse_args()
@@ -44,12 +47,13 @@ def main() -> int:
     ok = True
     for a in get_assignments(root, args.ids):
         t0 = time.perf_counter()
-        report = audit(a, engine="trusted", jobs=args.jobs)
+        report = audit(a, "trusted", args.jobs, gpu_slots=args.gpu_slots, isolation=args.isolation)
         wall = time.perf_counter() - t0
         print(format_report(report), flush=True)
         times = [r.execution_time for r in report.results.values()]
         print(
-            f"  {len(times)} submissions in {wall:.1f} s wall with {args.jobs} jobs; "
+            f"  {len(times)} submissions in {wall:.1f} s wall with "
+            f"{f'{args.gpu_slots} slots per GPU' if args.gpu_slots else f'{args.jobs} jobs'}; "
             f"per submission median {statistics.median(times):.2f} s, max {max(times):.2f} s"
         )
         ok &= report.ok
@@ -58,6 +62,7 @@ def main() -> int:
                 "questions": r.question_scores(),
                 "time": r.execution_time,
                 "isolation": r.isolation,
+                "gpu": r.gpu,
             }
             for n, r in report.results.items()
         }

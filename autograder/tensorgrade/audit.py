@@ -39,11 +39,19 @@ def _first_line(text: str, width: int = 300) -> str:
     return (text.strip().splitlines() or [""])[0][:width]
 
 
-def audit(a: Assignment, engine: str = "trusted", jobs: int = 2) -> AuditReport:
+def audit(
+    a: Assignment,
+    engine: str = "trusted",
+    jobs: int = 2,
+    gpu_slots: int = 0,
+    isolation: str = "full",
+) -> AuditReport:
     specs = load_tests(a.tests_dir)
     subs = submissions(a)
     ag = file_sha256(a.autograder_zip)
-    opts = GradeOptions(engine=engine, jobs=jobs, progress=False)
+    opts = GradeOptions(
+        engine=engine, jobs=jobs, progress=False, gpu_slots=gpu_slots, isolation=isolation
+    )
     with tempfile.TemporaryDirectory(prefix="tg-audit-") as tmp:
         paths = {}
         for name, data in subs.items():

@@ -198,6 +198,11 @@ def _start_worker(counter, gpu_ids: list[str], judge_user: str) -> None:
     with counter.get_lock():
         _worker_slot = counter.value
         counter.value += 1
+    import torch
+
+    # the judge's own tensor work (references, finite differences) shares the cores with the
+    # other workers and every sandbox: one thread each, as the sandboxes have
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if gpu_ids:
         from .judge.gpus import gpu_for_slot
 

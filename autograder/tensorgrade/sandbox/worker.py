@@ -55,7 +55,7 @@ def _take_figures(max_bytes: int) -> list[str]:
     for num in plt.get_fignums():
         buf = io.BytesIO()
         try:
-            plt.figure(num).savefig(buf, format="png", dpi=72, bbox_inches="tight")
+            plt.figure(num).savefig(buf, format="png", dpi=72)
         except Exception:  # noqa: BLE001 - a figure that cannot be drawn is simply not shown
             continue
         if used + buf.tell() <= max_bytes:
