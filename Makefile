@@ -1,4 +1,5 @@
-# One command each: `make demo` (set up, build, grade example submissions) and `make test`.
+# One command each: `make demo` (set up, build, grade example submissions, write their reports)
+# and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +23,9 @@ demo: build
 	rm -rf $(DEMO)
 	$(TG) examples 01_tensors -o $(DEMO)/submissions
 	$(TG) grade $(DEMO)/submissions -a 01_tensors -o $(DEMO)/results -j 2
+	$(TG) report $(DEMO)/results -o $(DEMO)/reports
+	$(TG) export $(DEMO)/results --format plain -o $(DEMO)/grades-plain.csv
+	@echo "open $(DEMO)/reports/index.html (class summary) and $(DEMO)/reports/<submission>.html"
 
 lint: setup
 	$(VENV)/bin/ruff check autograder tests bench
