@@ -48,9 +48,8 @@ class GradeOptions:
     progress: bool = True
     isolation: str = "full"  # "reduced": no namespaces/private root/uid (recorded in results)
     gpu_slots: int = 0  # >0: pin each worker (and its sandboxes) to one GPU, this many per GPU
-    judge_user: str = (
-        ""  # run the judge (hidden tests, decoding) as this user; only the zygote stays root
-    )
+    # run the judge (hidden tests, decoding) as this user; only the zygote stays root
+    judge_user: str = ""
 
 
 def infer_assignment(root: Path, sub: Submission) -> Assignment:

@@ -20,11 +20,8 @@ from pathlib import Path
 
 from .. import wire
 from ..sandbox.confine import unshare_namespaces
-from ..sandbox.procs import reap_uid, uid_processes  # noqa: F401  (tests use them)
+from ..sandbox.procs import BASE_UID, reap_uid, uid_processes  # noqa: F401  (tests use them)
 from . import gpus
-
-BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
-
 
 # Environment every sandbox gets (plus PATH, HOME, TMPDIR); nothing else of the judge's leaks in.
 SANDBOX_ENV_FIXED = {

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+BASE_UID = 61000  # sandbox slot k runs as uid/gid BASE_UID + k
+
 
 def reap_uid(uid: int, patience: float = 20.0) -> None:
     """SIGKILL every process of ``uid`` (daemons that left the process group included), until

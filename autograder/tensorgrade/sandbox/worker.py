@@ -36,6 +36,9 @@ class _Capped(io.TextIOBase):
         return out + (f"\n[... {self.dropped} more characters not shown]" if self.dropped else "")
 
 
+_FIGURE_BUDGET = 1_000_000  # PNG bytes per cell: an answer stays far below the wire's header cap
+
+
 def _hand_over(workdir: str, uid: int) -> None:
     """Make the private working directory the sandbox uid's (done here, as root, so that the
     judge itself need not be root)."""
@@ -162,7 +165,7 @@ def serve(cfg: dict, isolation: dict) -> None:
             out = _Capped(cfg.get("stdout_cap", 20000))
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 res = shell.run_cell(header["source"], store_history=True)
-                figures = _take_figures(cfg.get("figure_bytes", 1_000_000))
+                figures = _take_figures(_FIGURE_BUDGET)
             err = res.error_before_exec or res.error_in_exec
             send(
                 {

@@ -41,6 +41,13 @@ def main() -> None:
                 return
             statuses[pid] = os.waitstatus_to_exitcode(status)
 
+    def exit_code(pid: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while pid not in statuses and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.02)
+        return statuses.pop(pid, None)
+
     sock.sendall(b'{"ready": true}')
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
@@ -66,23 +73,19 @@ def main() -> None:
                 os.close(fd)
             sock.sendall(json.dumps({"pid": pid}).encode())
         elif req["op"] == "reap":  # for a judge that runs as an unprivileged user
-            _reap(req, statuses, reap)
+            _reap(req, exit_code)
             sock.sendall(b"{}")
         elif req["op"] == "status":
-            deadline = time.monotonic() + float(req.get("timeout", 2.0))
-            pid = int(req["pid"])
-            while pid not in statuses and time.monotonic() < deadline:
-                reap()
-                time.sleep(0.02)
-            sock.sendall(json.dumps({"code": statuses.pop(pid, None)}).encode())
+            code = exit_code(int(req["pid"]), float(req.get("timeout", 2.0)))
+            sock.sendall(json.dumps({"code": code}).encode())
 
 
-def _reap(req: dict, statuses: dict, reap) -> None:
+def _reap(req: dict, exit_code) -> None:
     """Kill one sandbox (its process group and every process of its uid), then remove its files."""
     import shutil
     import tempfile
 
-    from .procs import reap_uid
+    from .procs import BASE_UID, reap_uid
 
     pid, uid, base = req.get("pid"), req.get("uid"), str(req.get("base", ""))
     if isinstance(pid, int) and pid > 1:
@@ -90,12 +93,8 @@ def _reap(req: dict, statuses: dict, reap) -> None:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
-        deadline = time.monotonic() + 5
-        while pid not in statuses and time.monotonic() < deadline:
-            reap()
-            time.sleep(0.02)
-        statuses.pop(pid, None)
-    if isinstance(uid, int) and uid >= 61000:  # sandbox uids only: never root or the judge
+        exit_code(pid, 5.0)
+    if isinstance(uid, int) and uid >= BASE_UID:  # sandbox uids only: never root or the judge
         reap_uid(uid)
     tmp = os.path.realpath(tempfile.gettempdir())
     real = os.path.realpath(base)
