@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,68 @@ def test_plain_csv_without_roster_and_formula_text(tmp_path):
     r = SubmissionResult("a1", "=cmd()", "trusted", "ungradable", [], reason="@bad")
     rows = list(csv.reader(io.StringIO(plain_csv([r]))))
     assert rows[1][0] == "'=cmd()" and rows[1][-1] == "'@bad"
+
+
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+HOSTILE_ROSTER = (
+    "submission,name,email,canvas_user_id,sis_user_id,login_id,section\n"
+    "=1+1,=HYPERLINK(\"http://x\"),-e@x.edu,101,+S1,=cmd|' /C calc'!A0,-A\n"
+    "ok,Ok Person,ok@x.edu,102,S2,ok,B\n"
+)
+
+
+def _hostile_results() -> list[SubmissionResult]:
+    return [
+        SubmissionResult(
+            "01_tensors",
+            "=1+1",
+            "trusted",
+            "graded",
+            [_t("q1", "test_a", 1, 2, output="-1 expected"), _t("=q2", "@t", 0.5, 1)],
+        ),
+        SubmissionResult(
+            "01_tensors", "ok", "trusted", "ungradable", [], reason="@SUM(A1) \ud800 bad"
+        ),
+        SubmissionResult("01_tensors", "-2", "trusted", "ungradable", [], reason="\t=x"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["plain", "canvas", "moodle"])
+def test_every_export_neutralises_formulas_and_keeps_numbers(fmt):
+    from tensorgrade.lms.exports import export_csv
+
+    roster = parse_roster(HOSTILE_ROSTER)
+    text = export_csv(fmt, _hostile_results(), roster, assignment_name="=T", ungradable="zero")
+    text.encode("utf-8")  # no lone surrogate left
+    rows = list(csv.reader(io.StringIO(text)))
+    numbers = []
+    for row in rows:
+        for cell in row:
+            assert not cell.startswith(FORMULA), (fmt, cell)
+            try:
+                numbers.append(float(cell))
+            except ValueError:
+                pass
+    assert 1.5 in numbers and 0.0 in numbers  # scores are plain numbers, not quoted text
+    assert any("'=1+1" in row or '\'=HYPERLINK("http://x")' in row for row in rows)
+
+
+def test_export_and_report_survive_lone_surrogates_in_a_results_file(tmp_path, capsys):
+    folder = tmp_path / "results"
+    write_results_json(_hostile_results()[0], folder / "a" / "results.json")
+    raw = json.loads((folder / "a" / "results.json").read_text())
+    raw["extra_data"]["reason"] = "bad \ud800 \x00 text"  # as if edited by hand
+    raw["extra_data"]["submission"] = "@x\udcff"
+    (folder / "a" / "results.json").write_text(json.dumps(raw))
+    out = tmp_path / "plain.csv"
+    assert main(["export", str(folder), "--format", "plain", "-o", str(out)]) == 0
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows[1][0] == "'@x\ufffd" and rows[1][-1] == "bad \ufffd text"
+    assert main(["export", str(folder), "--format", "plain"]) == 0
+    assert "'@x\ufffd" in capsys.readouterr().out
+    assert main(["report", str(folder), "-o", str(tmp_path / "pages"), "-q"]) == 0
+    for page in (tmp_path / "pages").iterdir():
+        page.read_text(encoding="utf-8")
 
 
 # -- feedback ----------------------------------------------------------------------------------

@@ -109,7 +109,8 @@ def _export(args: argparse.Namespace) -> int:
     _list(f"ungradable submission(s) {left} (--ungradable zero gives 0)", notes.blank_ungradable)
     rows = max(0, text.count("\r\n") - (2 if args.format == "canvas" else 1))
     if str(args.output) == "-":
-        sys.stdout.write(text)
+        enc = sys.stdout.encoding or "utf-8"  # what the terminal cannot show becomes "?"
+        sys.stdout.write(text.encode(enc, "replace").decode(enc))
         sys.stdout.flush()
     else:
         try:

@@ -15,6 +15,11 @@ cell, so rows without an identifier or a grade are left out (and reported).
 
 Plain: every result and every roster row, with status, total, max, per-question scores and the
 reason; numbers with 6 decimals so that reading it back gives the same scores.
+
+Every text cell of every format goes through ``safetext.sheet_text``: file names and reasons come
+from students, and a cell starting with = + - @ (or a tab or carriage return) would run as a
+formula in a spreadsheet, so it gets a leading ``'``. Scores are passed as numbers and stay
+numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 from dataclasses import dataclass, field
 
 from ..results import SubmissionResult
+from ..safetext import sheet_row
 from .feedback import grade_for, max_points, one_line, points
 from .roster import Student, match
 
@@ -48,13 +54,20 @@ class ExportNotes:
     blank_ungradable: list[str] = field(default_factory=list)
 
 
-def _writer(buf: io.StringIO):
-    return csv.writer(buf, lineterminator="\r\n")  # RFC 4180; Excel, Canvas and Moodle accept it
+class _Writer:
+    """A CSV writer whose rows are made safe (``sheet_row``): numbers written with ``places``
+    decimals (see ``points``), every other cell as neutralised text."""
+
+    def __init__(self, buf: io.StringIO, places: int) -> None:
+        self._w = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; Excel, Canvas, Moodle
+        self._places = places
+
+    def writerow(self, cells: list) -> None:
+        self._w.writerow(sheet_row(cells, lambda x: points(x, self._places)))
 
 
-def _sheet_safe(text: str) -> str:
-    """Neutralise text a spreadsheet would run as a formula (submission names come from students)."""
-    return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
+def _writer(buf: io.StringIO, places: int = 2) -> _Writer:
+    return _Writer(buf, places)
 
 
 def canvas_column(assignment_name: str, assignment_id: int | None) -> str:
@@ -76,7 +89,7 @@ def canvas_csv(
         + [canvas_column(assignment_name, assignment_id)]
     )
     mx = max_points(results)
-    w.writerow(["    Points Possible", "", "", "", "", points(mx) if mx is not None else ""])
+    w.writerow(["    Points Possible", "", "", "", "", mx if mx is not None else ""])
     for r, st in match(results, roster).pairs:
         if not _canvas_identifiable(st):
             continue
@@ -88,7 +101,7 @@ def canvas_csv(
                 st.sis_user_id,
                 st.login_id,
                 st.section,
-                points(g) if g is not None else "",
+                g if g is not None else "",
             ]
         )
     return buf.getvalue()
@@ -106,14 +119,14 @@ def moodle_csv(
         raise ValueError(f"id_field must be one of {', '.join(MOODLE_ID_FIELDS)}")
     column, header = MOODLE_ID_FIELDS[id_field]
     buf = io.StringIO()
-    w = _writer(buf)
+    w = _writer(buf, 5)
     w.writerow([header, "Full name", assignment_name, f"{assignment_name} feedback"])
     for r, st in match(results, roster).pairs:
         g = grade_for(r, ungradable)
         ident = getattr(st, column)
         if g is None or not ident:
             continue
-        w.writerow([ident, st.name, points(g, 5), one_line(r)])
+        w.writerow([ident, st.name, g, one_line(r)])
     return buf.getvalue()
 
 
@@ -122,7 +135,7 @@ def plain_csv(results: list[SubmissionResult], roster: dict[str, Student] | None
     roster = roster or {}
     questions = list(dict.fromkeys(q for r in results for q in r.question_scores()))
     buf = io.StringIO()
-    w = _writer(buf)
+    w = _writer(buf, PLAIN_PLACES)
     w.writerow(
         ["submission", "name", "email", "sis_user_id", "assignment", "status", "score", "max_score"]
         + questions
@@ -134,21 +147,21 @@ def plain_csv(results: list[SubmissionResult], roster: dict[str, Student] | None
         qs = r.question_scores()
         w.writerow(
             [
-                _sheet_safe(r.submission),
+                r.submission,
                 st.name if st else "",
                 st.email if st else "",
                 st.sis_user_id if st else "",
                 r.assignment,
                 r.status,
-                points(r.score, PLAIN_PLACES),
-                points(r.max_score, PLAIN_PLACES),
+                r.score,
+                r.max_score,
             ]
-            + [points(qs[q][0], PLAIN_PLACES) if q in qs else "" for q in questions]
-            + [_sheet_safe(" ".join(r.reason.split()))]
+            + [qs[q][0] if q in qs else "" for q in questions]
+            + [" ".join(r.reason.split())]
         )
     for st in m.no_result:
         w.writerow(
-            [_sheet_safe(st.submission), st.name, st.email, st.sis_user_id, "", "no result", "", ""]
+            [st.submission, st.name, st.email, st.sis_user_id, "", "no result", "", ""]
             + [""] * len(questions)
             + ["no results.json for this roster row"]
         )
