@@ -61,7 +61,7 @@ def main() -> int:
             n: {
                 "questions": r.question_scores(),
                 "time": r.execution_time,
-                "isolation": r.isolation,
+                "isolation": r.isolation_level,
                 "gpu": r.gpu,
             }
             for n, r in report.results.items()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ from tensorgrade.course import Assignment, all_assignments
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT_IDS = [a.id for a in all_assignments(ROOT)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-m fuzz` runs the property-based tests long (hypothesis profile "long", see
+    test_fuzz_intake.py); otherwise they run their short, reproducible profile."""
+    expr = config.getoption("markexpr", "") or ""
+    if "fuzz" in expr and "not fuzz" not in expr:
+        os.environ.setdefault("TENSORGRADE_FUZZ", "long")
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +42,10 @@ def interpreter_reachable_by_others():
     Python lives under /root (mode 0700), a judge user, or a sandbox uid without a private root,
     could not import the standard library. Let others traverse (not list) the folders above it
     for the test, and put the modes back afterwards."""
+    import tensorgrade
+
     changed = {}
-    for top in {Path(sys.base_prefix), Path(sys.prefix)}:
+    for top in {Path(sys.base_prefix), Path(sys.prefix), Path(tensorgrade.__file__).parent}:
         for d in top.resolve().parents:
             mode = d.stat().st_mode
             if not mode & 0o001:

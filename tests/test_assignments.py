@@ -35,7 +35,7 @@ def test_audit_with_trusted_engine(aid, built):
     print(format_report(report))
     assert report.ok, format_report(report)
     assert len(report.results) >= 2 + 2 * len(report.results["solution"].question_scores())
-    assert all(r.isolation in ("full", "reduced") for r in report.results.values())
+    assert all(r.isolation_level in ("full", "reduced") for r in report.results.values())
 
 
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)

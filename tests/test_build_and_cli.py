@@ -33,6 +33,7 @@ COMMANDS = [
     ["grade"],
     ["audit"],
     ["examples"],
+    ["doctor"],
     ["report"],
     ["export"],
     ["lms"],

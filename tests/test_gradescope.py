@@ -23,12 +23,13 @@ import nbformat
 import pytest
 from test_adversarial import ATTACKS, Attack, _notebook
 
+from sandboxing import namespaces_here, uid_processes
 from tensorgrade import gradescope
 from tensorgrade.cli import main
 from tensorgrade.course import Assignment
-from tensorgrade.judge.sandbox import BASE_UID, can_confine, uid_processes
 from tensorgrade.mutants import load_mutants, submissions
 from tensorgrade.results import HIDDEN, PUBLIC, SubmissionResult, TestResult
+from tensorgrade.root.uids import BASE_UID
 from tensorgrade.zips import FIXED_TIME, normalise_zip, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -395,8 +396,8 @@ def _check_visibility_and_isolation(data: dict) -> None:
     assert data["visibility"] == "visible" and data["stdout_visibility"] == "hidden"
     assert sum(t["max_score"] for t in data["tests"]) == pytest.approx(100)
     extra = data["extra_data"]
-    if extra["status"] == "graded" and can_confine():
-        assert extra["isolation"] == "full"
+    if extra["status"] == "graded" and namespaces_here():
+        assert extra["isolation"]["level"] == "full"
         assert extra["sandbox_uids"] and min(extra["sandbox_uids"]) >= BASE_UID
         for uid in extra["sandbox_uids"]:
             assert uid_processes(uid) == [], "a sandbox process outlived run_autograder"
@@ -490,7 +491,7 @@ def test_student_code_cannot_read_the_autograder_folders(a1_tree, tmp_path):
     assert "READ" not in out and "LISTED" not in out, out
     assert out.count("denied") == len(targets) + len(folders), out
     assert data["score"] == 0
-    if can_confine():
+    if namespaces_here():
         assert f"uid {data['extra_data']['sandbox_uids'][0]}" in out  # not root
     assert "DECOY" not in (root / "results/results.json").read_text()
 

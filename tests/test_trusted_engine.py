@@ -11,9 +11,11 @@ import zipfile
 import nbformat
 import pytest
 
+from sandboxing import namespaces_here, uid_processes
 from tensorgrade.grading import GradeOptions, file_sha256, grade_one
 from tensorgrade.judge import engine, sandbox
 from tensorgrade.judge.source import definition_source
+from tensorgrade.root.uids import BASE_UID
 from tensorgrade.submissions import Submission
 from tensorgrade.testfiles import load_tests
 
@@ -121,28 +123,16 @@ def _grade_solution_directly(a, specs, **kwargs):
     )
 
 
-def test_without_root_grading_still_works_but_says_so(a1, tmp_path, monkeypatch, capsys):
-    a, specs, _ = a1
-    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
-    monkeypatch.setattr(engine, "can_confine", lambda: False)
-    monkeypatch.setattr(engine, "_warned_reduced", False)
-    r = _grade_solution_directly(a, specs)
-    assert r.score == 100
-    assert r.isolation == "reduced"
-    assert json.loads(json.dumps(r.to_gradescope()))["extra_data"]["isolation"] == "reduced"
-    assert "isolation: reduced" in capsys.readouterr().err
-
-
 def test_without_namespaces_root_still_gives_the_student_a_uid_of_its_own(
-    a1, monkeypatch, interpreter_reachable_by_others
+    a1, monkeypatch, capsys, interpreter_reachable_by_others
 ):
-    """Where a container refuses namespaces (Docker's defaults, maybe Gradescope), a root judge
-    still runs the student's code as the slot's uid, never as root."""
+    """Where namespaces can't be had (Docker's defaults, maybe Gradescope) or are refused with
+    --isolation reduced, a root grader still runs the student's code as a fresh uid of its own,
+    never as root or the judge, under Landlock and seccomp; the result says which layers held."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     a, specs, _ = a1
-    monkeypatch.setattr(sandbox, "can_confine", lambda: False)
-    monkeypatch.setattr(engine, "can_confine", lambda: False)
+    monkeypatch.setattr(engine, "_warned_reduced", False)
     nb = nbformat.read(a.solution, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import os\nprint('student uid', os.getuid())"))
     r = engine.grade(
@@ -152,28 +142,31 @@ def test_without_namespaces_root_still_gives_the_student_a_uid_of_its_own(
         specs,
         limits=sandbox.Limits(),
         files_from=a.student_dir,
+        isolation="reduced",
     )
-    assert r.score == 100 and r.isolation == "reduced"
-    assert r.sandbox_uids and min(r.sandbox_uids) >= sandbox.BASE_UID
-    assert f"student uid {r.sandbox_uids[0]}" in r.student_output
-    assert all(sandbox.uid_processes(u) == [] for u in r.sandbox_uids)
-
-
-def test_reduced_isolation_can_be_asked_for_and_is_recorded(a1):
-    a, specs, _ = a1
-    r = _grade_solution_directly(a, specs, isolation="reduced")
     assert r.score == 100
-    assert r.isolation == "reduced" and r.sandbox_uids == []
+    iso = r.isolation
+    assert iso["level"] == "reduced"
+    assert iso["uid"] and iso["landlock"] and iso["seccomp"]
+    assert not (iso["net"] or iso["mount"] or iso["pid"] or iso["ipc"])
+    assert "reduced" in iso["errors"]["namespaces"]
+    assert r.sandbox_uids and min(r.sandbox_uids) >= BASE_UID
+    assert f"student uid {r.sandbox_uids[0]}" in r.student_output
+    assert all(uid_processes(u) == [] for u in r.sandbox_uids)
+    assert "isolation reduced" in capsys.readouterr().err
+    doc = json.loads(json.dumps(r.to_gradescope()))
+    assert doc["extra_data"]["isolation"] == iso
 
 
 def test_full_isolation_is_recorded_when_root(a1, tmp_path):
-    if not sandbox.can_confine():
+    if not namespaces_here():
         pytest.skip("needs root")
     a, _, _ = a1
     path = tmp_path / "ada.ipynb"
     path.write_bytes(a.solution.read_bytes())
     r = _grade_file(a1, path)
-    assert r.isolation == "full"
+    assert r.isolation["level"] == "full", r.isolation
+    assert all(r.isolation[k] for k in ("uid", "net", "mount", "pid", "ipc", "landlock", "seccomp"))
     assert set(r.timings) == {"startup", "cells", "tests"}
 
 

@@ -61,7 +61,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _grade(args: argparse.Namespace) -> int:
     from .course import find_root
-    from .grading import GradeOptions, GradingError, grade_batch
+    from .grading import GradeOptions, GradingError, grade_batch, is_internal_error
 
     if args.gpu_slots < 0 or args.jobs < 1:
         raise _UsageError("--jobs must be at least 1 and --gpu-slots at least 0")
@@ -90,6 +90,15 @@ def _grade(args: argparse.Namespace) -> int:
             line += f": {r.reason.splitlines()[0] if r.reason else ''}"
         print(line)
     print(f"results in {args.output}/ (grades.csv, <submission>/results.json)")
+    failed = [r.submission for r in results if is_internal_error(r)]
+    if failed:  # everything is written; the status tells a script that staff must look
+        print(
+            f"error: internal error of the grader on {len(failed)} submission(s) "
+            f"({', '.join(failed[:10])}{', ...' if len(failed) > 10 else ''}): tracebacks "
+            "above; they are regraded on the next run",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -107,6 +116,12 @@ def _audit(args: argparse.Namespace) -> int:
         print(format_report(report))
         ok &= report.ok
     return 0 if ok else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .judge.doctor import main as doctor
+
+    return doctor(args.json, args.isolation)
 
 
 def _examples(args: argparse.Namespace) -> int:
@@ -159,7 +174,9 @@ def make_parser() -> argparse.ArgumentParser:
             "Grade notebooks (files, or folders searched recursively) against the built "
             "autograder. Writes OUTPUT/<submission>/results.json (Gradescope format) and "
             "OUTPUT/grades.csv. Submissions already graded with the same content and autograder "
-            "are not regraded, so an interrupted batch can simply be run again."
+            "are not regraded, so an interrupted batch can simply be run again. A submission "
+            "the grader itself failed on is recorded as ungradable (internal error, traceback "
+            "on stderr) and the batch goes on; the exit status is then 3."
         ),
     )
     g.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="notebook or folder")
@@ -188,8 +205,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--isolation",
         choices=["full", "reduced"],
         default="full",
-        help="trusted engine: full (default; needs root) or reduced (no namespaces, private root "
-        "or separate uid: only where full isolation breaks the GPU; recorded in every result)",
+        help="trusted engine: full (default: every layer this machine gives, see `tensorgrade "
+        "doctor`) or reduced (no namespaces or private root, still its own uid, Landlock and "
+        "seccomp: only where namespaces break the GPU); recorded in every result",
     )
     g.add_argument(
         "--gpu-slots",
@@ -237,6 +255,23 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("id", metavar="ID", help="assignment id")
     ex.add_argument("-o", "--output", type=Path, required=True, help="folder to write to")
     ex.set_defaults(func=_examples)
+
+    dr = sub.add_parser(
+        "doctor",
+        help="show which sandbox isolation layers this machine gives, and what to change",
+        description=(
+            "Start one sandbox exactly as grading does, list every isolation layer (own uid, "
+            "network/mount/PID/IPC namespaces, Landlock, seccomp) as it held, with the system's "
+            "error and a fix for each missing one, then try from inside what a student would "
+            "(network, a grader's file, the grader's environment, the grader's processes, CUDA). "
+            "Exit status 0 when every attempt was stopped, 1 otherwise."
+        ),
+    )
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
+    dr.add_argument(
+        "--isolation", choices=["full", "reduced"], default="full", help="as for `grade`"
+    )
+    dr.set_defaults(func=lambda a: _doctor(a))
 
     from .lms.cli import register as register_lms
 

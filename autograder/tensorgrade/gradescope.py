@@ -181,13 +181,15 @@ def run(root: Path | None = None) -> int:
     if sub is None:
         res = _ungradable(a, specs, ag, why, key)
     else:
-        from .grading import GradeOptions, grade_one
+        from .grading import GradeOptions, grade_one, is_internal_error
 
         print(f"grading {sub.path.relative_to(root)} for {a.id} ...", flush=True)
         try:
             res = grade_one(a, specs, sub, GradeOptions(progress=False), ag)
         except Exception:  # noqa: BLE001 - our bug, not the student's: say so, keep a result
             traceback.print_exc(file=sys.stdout)
+            res = None
+        if res is None or is_internal_error(res):  # grade_one logged its traceback to stderr
             res, code = _ungradable(a, specs, ag, _AUTOGRADER_BROKEN, key), 1
     write_results_json(res, out)
     _print_summary(res, out)
@@ -267,13 +269,18 @@ def _hide_from_student(root: Path) -> None:
 def _print_summary(res: SubmissionResult, out: Path) -> None:
     """For the instructor: Gradescope shows run_autograder's stdout to staff only."""
     print(f"{res.assignment}: {res.score:g} / {res.max_score:g} ({res.status}), wrote {out}")
-    print(f"isolation: {res.isolation}; sandbox uids: {res.sandbox_uids or 'none'}")
-    if res.isolation != "full" and res.status == "graded":
+    iso = res.isolation
+    layers = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in iso.items() if isinstance(v, bool))
+    print(
+        f"isolation: {res.isolation_level} ({layers}); sandbox uids: {res.sandbox_uids or 'none'}"
+    )
+    if res.isolation_level != "full" and res.status == "graded":
+        missing = [k for k, v in iso.items() if v is False]
         print(
-            "WARNING: the student's code ran WITHOUT the sandbox's namespaces, private root and "
-            "uid (this container forbids them): it could read /autograder/source, hidden tests "
-            "included. Do not reuse these hidden tests without a container that allows "
-            "unshare(2) (see docs/grading.md)."
+            f"WARNING: the student's code ran without {', '.join(missing)} (this container "
+            "forbids them; reasons in extra_data.isolation.errors). Landlock and seccomp, where "
+            "they held, still kept it from /autograder/source and the network. Run `tensorgrade "
+            "doctor` in this image to see what to change (docs/grading.md)."
         )
     if res.reason:
         print(res.reason)

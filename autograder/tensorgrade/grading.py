@@ -2,6 +2,11 @@
 
 The unit of work is "one submission in, one results.json out", idempotent: a result is reused
 when the submission's bytes and the autograder are unchanged, so a killed batch resumes.
+
+One submission can never stop the batch: whatever goes wrong while grading it (a bug of ours
+that its input found, a worker process that died) becomes its result, "ungradable" with
+``INTERNAL_ERROR`` as the reason and every test not run; the traceback goes to stderr (the
+staff's log, never into results.json), and such a result is regraded on the next run.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import multiprocessing
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,7 @@ from .submissions import Submission, Ungradable, notebook_bytes, read_bytes, sha
 from .testfiles import TestSpec, load_tests
 
 ENGINES = ("trusted", "otter")
+INTERNAL_ERROR = "internal error while grading this submission (see the staff log)"
 
 
 class GradingError(Exception):
@@ -94,7 +102,49 @@ def grade_one(
     opts: GradeOptions,
     ag: str,
     slot: int = 0,
-):
+) -> SubmissionResult:
+    """Grade one submission; never raises (an unexpected error becomes an internal-error
+    result, its traceback logged to stderr)."""
+    try:
+        return _grade_one(a, specs, sub, opts, ag, slot)
+    except Exception as e:  # noqa: BLE001 - one submission must not stop the batch
+        return internal_error(a, specs, sub, opts, ag, e)
+
+
+def internal_error(
+    a: Assignment,
+    specs: list[TestSpec],
+    sub: Submission,
+    opts: GradeOptions,
+    ag: str,
+    error: BaseException,
+) -> SubmissionResult:
+    """The result of a submission the grader failed on: its traceback to the staff's log (stderr),
+    every test not run, and a reason that tells the student it was not their fault."""
+    trace = "".join(traceback.format_exception(error))
+    log = f"tensorgrade: {INTERNAL_ERROR}: {sub.path}\n{trace}"
+    try:  # the message may quote the submission: a lone surrogate is shown escaped, not fatal
+        print(log.encode("utf-8", "backslashreplace").decode(), file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no stderr to write to: the result must still be made
+        pass
+    res = SubmissionResult(a.id, sub.key, opts.engine, "ungradable", reason=INTERNAL_ERROR)
+    res.tests = [not_run(s, INTERNAL_ERROR) for s in specs]
+    res.autograder_sha256 = ag  # no source_sha256: never reused, regraded on the next run
+    return res
+
+
+def is_internal_error(res: SubmissionResult) -> bool:
+    return res.status == "ungradable" and res.reason == INTERNAL_ERROR
+
+
+def _grade_one(
+    a: Assignment,
+    specs: list[TestSpec],
+    sub: Submission,
+    opts: GradeOptions,
+    ag: str,
+    slot: int = 0,
+) -> SubmissionResult:
     raw = b""
     try:
         raw = read_bytes(sub.path)
@@ -116,7 +166,7 @@ def grade_one(
             limits=load_limits(a),
             files_from=a.student_dir,
             slot=slot,
-            forbidden=[a.root / "solutions", a.root / "dist", a.root / "tests"],
+            forbidden=_hidden([(a, sub)]),
             isolation=opts.isolation,
         )
     else:
@@ -142,22 +192,60 @@ def grade_many(
         for job in jobs:
             yield job, _grade_job(job, opts, ags[job[0].id])
         return
+    died = []
+    for job, res in _pool(jobs, opts, ags, workers, gpu_ids):
+        if isinstance(res, BrokenProcessPool):
+            died.append(job)  # a worker died: this job's, or another job took the pool down
+        else:
+            yield job, res
+    # each again, alone in a fresh worker: only a job that kills its worker again fails
+    for job in died:
+        for _, res in _pool([job], opts, ags, 1, gpu_ids):
+            yield job, res if isinstance(res, SubmissionResult) else _failed(job, opts, ags, res)
+
+
+def _pool(
+    jobs: list[tuple[Assignment, Submission]],
+    opts: GradeOptions,
+    ags: dict[str, str],
+    workers: int,
+    gpu_ids: list[str],
+) -> Iterator[tuple[tuple[Assignment, Submission], SubmissionResult | BrokenProcessPool]]:
+    """Grade ``jobs`` on a pool of ``workers`` processes; yields each job with its result, or
+    with BrokenProcessPool if a worker died before it was done."""
     ctx = multiprocessing.get_context("spawn")  # a clean judge: no inherited threads or CUDA
     counter = ctx.Value("i", 0)
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=ctx,
         initializer=_start_worker,
-        initargs=(counter, gpu_ids, opts.judge_user),
+        initargs=(counter, gpu_ids, opts.judge_user, _hidden(jobs), opts.isolation),
     ) as pool:
         futs = {pool.submit(_grade_job, job, opts, ags[job[0].id]): job for job in jobs}
         try:
             for fut in as_completed(futs):
-                yield futs[fut], fut.result()
+                job = futs[fut]
+                try:
+                    yield job, fut.result()
+                except BrokenProcessPool as e:
+                    yield job, e
+                except Exception as e:  # noqa: BLE001 - e.g. a result that could not be sent back
+                    yield job, _failed(job, opts, ags, e)
         except BaseException:
             for f in futs:
                 f.cancel()
             raise
+
+
+def _failed(
+    job: tuple[Assignment, Submission], opts: GradeOptions, ags: dict[str, str], e: BaseException
+) -> SubmissionResult:
+    a, sub = job
+    try:
+        specs = _specs(a.tests_dir, ags[a.id])
+    except Exception:  # noqa: BLE001 - the result must be written even so
+        specs = []
+    return internal_error(a, specs, sub, opts, ags[a.id], e)
 
 
 _worker_slot = 0
@@ -189,7 +277,15 @@ def _gpu_plan(opts: GradeOptions) -> list[str]:
     return found
 
 
-def _start_worker(counter, gpu_ids: list[str], judge_user: str) -> None:
+def _hidden(jobs: list[tuple[Assignment, Submission]]) -> list[Path]:
+    """Folders of the course no sandbox may ever see, even as a part of a visible one."""
+    roots = sorted({a.root for a, _ in jobs})
+    return [r / d for r in roots for d in ("solutions", "dist", "tests")]
+
+
+def _start_worker(
+    counter, gpu_ids: list[str], judge_user: str, hidden: list[Path], isolation: str
+) -> None:
     """Give this worker process its sandbox slot and, with --gpu-slots, its one GPU: set before
     torch touches CUDA, and inherited by every sandbox the worker starts. With a judge user, start
     the zygote (which must stay root to confine sandboxes), then drop to that user for good."""
@@ -207,19 +303,19 @@ def _start_worker(counter, gpu_ids: list[str], judge_user: str) -> None:
 
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
     if judge_user:
-        _become(judge_user)
+        _become(judge_user, hidden, isolation)
 
 
-def _become(user: str) -> None:
+def _become(user: str, hidden: list[Path], isolation: str) -> None:
+    """Start the zygote while root (it decides every sandbox's uid and layers), then drop."""
     import pwd
 
-    from .judge.sandbox import Zygote, can_confine, uid_lock_dir
+    from .judge.sandbox import Zygote
 
     pw = pwd.getpwnam(user)
-    can_confine()  # probed (and cached) while root: the judge user could not unshare
-    uid_lock_dir()  # made shareable while root
+    Zygote.configure(hidden, namespaces=isolation == "full")
     if Zygote.get() is None:
-        raise GradingError("the sandbox starter (zygote) could not run")
+        raise GradingError(f"the sandbox starter (zygote) could not run: {Zygote.failure}")
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
@@ -231,8 +327,13 @@ def _specs(tests_dir: Path, ag: str) -> list[TestSpec]:  # ag: a rebuilt bundle 
 
 
 def _grade_job(job: tuple[Assignment, Submission], opts: GradeOptions, ag: str) -> SubmissionResult:
+    """One job, in this process or a worker; never raises (see ``grade_one``)."""
     a, sub = job
-    return grade_one(a, _specs(a.tests_dir, ag), sub, opts, ag, _worker_slot)
+    try:
+        specs = _specs(a.tests_dir, ag)
+    except Exception as e:  # noqa: BLE001 - one submission must not stop the batch
+        return internal_error(a, [], sub, opts, ag, e)
+    return grade_one(a, specs, sub, opts, ag, _worker_slot)
 
 
 def grade_batch(
@@ -272,7 +373,8 @@ def grade_batch(
             try:
                 old = read_results_json(path)
                 same = old.source_sha256 == sha256(read_bytes(sub.path))
-                if same and old.autograder_sha256 == ag[a.id] and old.engine == opts.engine:
+                fresh = same and old.autograder_sha256 == ag[a.id] and old.engine == opts.engine
+                if fresh and not is_internal_error(old):
                     results[sub.key] = old
                     continue
             except Exception:  # an unreadable old result is simply regraded
@@ -285,8 +387,15 @@ def grade_batch(
         total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr
     )
 
-    for (_, sub), res in grade_many(todo, opts, ag):
-        write_results_json(res, out_dir / sub.key / "results.json")
+    for (a, sub), res in grade_many(todo, opts, ag):
+        path = out_dir / sub.key / "results.json"
+        try:
+            write_results_json(res, path)
+        except (OSError, MemoryError):  # the disk, not this submission: stop
+            raise
+        except Exception as e:  # noqa: BLE001 - a result we cannot write is our bug
+            res = _failed((a, sub), opts, ag, e)
+            write_results_json(res, path)
         results[sub.key] = res
         bar.set_postfix_str(f"{sub.key}: {res.score:g}/{res.max_score:g}")
         bar.update()

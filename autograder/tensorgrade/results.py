@@ -1,7 +1,10 @@
 """Grading results: one record per test, Gradescope's results.json, and a batch grades.csv.
 
 Written by the grader only, atomically (temp file + rename), so a killed run never leaves a
-half-written result that a later run would trust.
+half-written result that a later run would trust. Every text field is cleaned as it is set
+(``safetext.clean_text``): student code controls much of it, and no writer may fail on it.
+A results.json never exceeds ``MAX_RESULTS_BYTES``: figures are dropped first, then long texts
+are cut; the tests' outcomes (the scores) are always kept whole.
 """
 
 from __future__ import annotations
@@ -9,14 +12,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from .safetext import clean_text, cut, cut_lines, sheet_row
 
 # Gradescope visibilities: public tests are shown at once, hidden ones after scores are published.
 PUBLIC = "visible"
 HIDDEN = "after_published"
+# Gradescope and the LMS tools read the whole file; a student's output must not make it huge.
+MAX_RESULTS_BYTES = 300_000
 
 
 @dataclass
@@ -30,6 +38,10 @@ class TestResult:
     passed: bool
     output: str
     hidden: bool
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # texts are cleaned where they enter, however they are set (constructor or assignment)
+        super().__setattr__(name, clean_text(value) if isinstance(value, str) else value)
 
     def to_gradescope(self) -> dict:
         return {
@@ -59,7 +71,9 @@ class SubmissionResult:
     tests: list[TestResult] = field(default_factory=list)
     reason: str = ""  # why ungradable, or notes on grading (timeouts, crashes)
     execution_time: float = 0.0
-    isolation: str = "none"  # what separated the student's code from the grader
+    # what separated the student's code from the grader, layer by layer, as it held:
+    # {"level": "full"|"reduced"|"none", "uid": bool, "net": bool, ..., "errors": {layer: text}}
+    isolation: dict = field(default_factory=lambda: {"level": "none"})
     source_sha256: str = ""
     autograder_sha256: str = ""  # with source_sha256: a result is reused only if both match
     student_output: str = ""  # what the student's cells printed, before any hidden input was sent
@@ -69,6 +83,13 @@ class SubmissionResult:
     figures: list = field(default_factory=list)
     gpu: dict = field(default_factory=dict)  # {"device", "memory_released"} on a GPU machine
     judge_user: str = ""  # who evaluated the hidden tests (the image's unprivileged 'judge')
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, clean_text(value) if isinstance(value, str) else value)
+
+    @property
+    def isolation_level(self) -> str:
+        return str(self.isolation.get("level", "none"))
 
     @property
     def score(self) -> float:
@@ -134,7 +155,7 @@ class SubmissionResult:
             tests=[TestResult(**t) for t in extra["tests"]],
             reason=extra.get("reason", ""),
             execution_time=float(data.get("execution_time", 0.0)),
-            isolation=extra.get("isolation", "none"),
+            isolation=_isolation(extra.get("isolation")),
             source_sha256=extra.get("source_sha256", ""),
             autograder_sha256=extra.get("autograder_sha256", ""),
             student_output=extra.get("student_output", ""),
@@ -147,10 +168,13 @@ class SubmissionResult:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8 via a temp file and a rename; a character UTF-8 cannot hold (a
+    lone surrogate that got past the cleaning) becomes "?" instead of failing the write."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -158,8 +182,86 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_results_json(result: SubmissionResult, path: Path) -> None:
-    atomic_write_text(path, json.dumps(result.to_gradescope(), indent=2) + "\n")
+def write_results_json(
+    result: SubmissionResult, path: Path, limit: int = MAX_RESULTS_BYTES
+) -> None:
+    atomic_write_text(path, results_json_text(result, limit))
+
+
+# How far texts are cut, step by step, until a result fits: (characters of each test's output,
+# notes kept of the reason, characters of the reason, characters of the student's output).
+# The last step also drops the indentation. Tests' names and questions are never cut.
+_TEXT_STEPS = [
+    (4000, 100, 20_000, 20_000),
+    (1000, 30, 5000, 5000),
+    (300, 10, 2000, 1000),
+    (100, 5, 500, 200),
+    (40, 3, 200, 0),
+]
+
+
+def results_json_text(result: SubmissionResult, limit: int = MAX_RESULTS_BYTES) -> str:
+    """``result`` as results.json text of at most ``limit`` bytes.
+
+    Figures are dropped first (the last ones first), and texts are cut only if the result is too
+    big even without any figure. Every test keeps its score, max_score and status; only if the
+    tests alone (their number set by the instructor) overflow is the limit exceeded.
+    """
+    text = _dump(result)
+    if len(text) <= limit:  # ASCII only (json's ensure_ascii): characters are bytes
+        return text
+    note_room = 400  # for the note saying what was left out (it is written twice)
+    bare = replace(result, figures=[])
+    indent: int | None = 2
+    for step in [None, *_TEXT_STEPS]:
+        if step is not None:
+            bare = _cut_texts(result, *step)
+            indent = None if step is _TEXT_STEPS[-1] else 2
+        if len(_dump(bare, indent)) <= limit - note_room:
+            break
+    kept = _figures_that_fit(bare, result.figures, limit - note_room, indent)
+    notes = []
+    if kept < len(result.figures):
+        notes.append(f"{len(result.figures) - kept} figure(s) left out")
+    if bare.reason != result.reason or any(
+        a.output != b.output for a, b in zip(bare.tests, result.tests, strict=True)
+    ):
+        notes.append("long texts cut")
+    if bare.student_output != result.student_output:
+        notes.append("printed output cut")
+    note = f"[{', '.join(notes)}: results.json is limited to {limit // 1000} kB]"
+    out = replace(bare, figures=result.figures[:kept])
+    out.reason = f"{out.reason}\n{note}" if out.reason else note
+    return _dump(out, indent)
+
+
+def _dump(result: SubmissionResult, indent: int | None = 2) -> str:
+    return json.dumps(result.to_gradescope(), indent=indent) + "\n"
+
+
+def _cut_texts(
+    result: SubmissionResult, output: int, notes: int, reason: int, printed: int
+) -> SubmissionResult:
+    return replace(
+        result,
+        tests=[replace(t, output=cut(t.output, output)) for t in result.tests],
+        figures=[],
+        reason=cut_lines(result.reason, notes, reason),
+        student_output=cut(result.student_output, printed),
+    )
+
+
+def _figures_that_fit(bare: SubmissionResult, figures: list, limit: int, indent: int | None) -> int:
+    """How many of the first ``figures`` fit with ``bare`` in ``limit`` characters (bisection:
+    a hand-made result may hold thousands)."""
+    lo, hi = 0, len(figures)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(_dump(replace(bare, figures=figures[:mid]), indent)) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def read_results_json(path: Path) -> SubmissionResult:
@@ -187,27 +289,30 @@ def grades_csv(results: list[SubmissionResult]) -> str:
     questions = sorted({q for r in results for q in r.question_scores()}, key=_question_key)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["submission", "assignment", "status", "score", "max_score", *questions, "reason"])
+    head = ["submission", "assignment", "status", "score", "max_score", *questions, "reason"]
+    w.writerow(sheet_row(head, _num))
     for r in sorted(results, key=lambda r: r.submission):
         qs = r.question_scores()
-        w.writerow(
-            [
-                r.submission,
-                r.assignment,
-                r.status,
-                _num(r.score),
-                _num(r.max_score),
-                *[_num(qs[q][0]) if q in qs else "" for q in questions],
-                r.reason.replace("\n", " ")[:300],
-            ]
-        )
+        row = [r.submission, r.assignment, r.status, r.score, r.max_score]
+        row += [qs[q][0] if q in qs else "" for q in questions]
+        row.append(" ".join(r.reason.split())[:300])
+        w.writerow(sheet_row(row, _num))
     return buf.getvalue()
 
 
 def _num(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
     return f"{x:.4g}" if x != int(x) else str(int(x))
 
 
 def _question_key(q: str) -> tuple:
     digits = "".join(ch for ch in q if ch.isdigit())
     return (int(digits) if digits else 0, q)
+
+
+def _isolation(value: object) -> dict:
+    """The isolation record of a results.json (older ones kept only the level, as text)."""
+    if isinstance(value, dict):
+        return value
+    return {"level": value if isinstance(value, str) else "none"}

@@ -1,7 +1,7 @@
-"""The sandbox process: confine itself, run the student's cells, answer the judge's requests.
+"""Next to the student's cells: run them in an IPython shell and answer the judge's requests.
 
-Started by the judge as ``python -m tensorgrade.sandbox.worker CONFIG_JSON``. It reads requests
-from one pipe and writes answers to another; everything it sends is data (``tensorgrade.wire``).
+Runs after ``layers`` confined the process. It reads requests from one pipe and writes answers to
+another; everything it sends is data (``tensorgrade.wire``), never pickle.
 """
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
+
+from ..protocol import Isolation
 
 
 class _Capped(io.TextIOBase):
@@ -39,15 +41,6 @@ class _Capped(io.TextIOBase):
 _FIGURE_BUDGET = 1_000_000  # PNG bytes per cell: an answer stays far below the wire's header cap
 
 
-def _hand_over(workdir: str, uid: int) -> None:
-    """Make the private working directory the sandbox uid's (done here, as root, so that the
-    judge itself need not be root)."""
-    for dirpath, dirnames, filenames in os.walk(workdir):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            os.chown(name, uid, uid, follow_symlinks=False)
-    os.chmod(workdir, 0o700)
-
-
 def _take_figures(max_bytes: int) -> list[str]:
     """PNGs (base64) of the figures a cell left open, then closed, as Jupyter's inline backend
     would show them: the student's own plots become part of their feedback report."""
@@ -72,51 +65,8 @@ def _error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]
 
 
-def main() -> None:
-    """Entry point when started directly by the judge (the zygote calls ``run`` instead)."""
-    run(json.loads(sys.argv[1]))
-
-
-def run(cfg: dict) -> None:
-    from .confine import drop_privileges, enter_root, set_limits, unshare_namespaces
-
-    if cfg.get("forked"):  # by the zygote: take over its stdio, environment and thread count
-        err = os.open(cfg["stderr_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if os.getuid() == 0:
-            os.fchown(err, cfg["judge_uid"], -1)  # the judge reads it to explain a failed start
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(err, 2)
-        os.dup2(null, 1)
-        os.close(err)
-        os.close(null)
-        os.environ.clear()
-        os.environ.update(cfg["env"])
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        if cfg["confine"]:  # a directly started worker entered its namespaces before exec
-            unshare_namespaces()
-    isolation = {"confined": cfg["confine"], "visible": [], "uid": os.getuid()}
-    if cfg["confine"]:
-        uid, home = cfg["uid"], cfg["workdir"]
-        _hand_over(home, uid)
-        accounts = {
-            "passwd": f"root:x:0:0::/root:/bin/sh\nstudent:x:{uid}:{uid}::{home}:/bin/sh\n",
-            "group": f"root:x:0:\nstudent:x:{uid}:\n",
-        }
-        isolation["visible"] = enter_root(cfg["newroot"], cfg["readonly"], [home], accounts)
-    elif cfg.get("own_uid"):  # no namespaces to be had: at least not the judge's uid
-        _hand_over(cfg["workdir"], cfg["uid"])
-    set_limits(cfg.get("limits", {}))
-    if cfg["confine"] or cfg.get("own_uid"):
-        drop_privileges(cfg["uid"], cfg["gid"])
-        isolation["uid"] = os.getuid()
-    os.chdir(cfg["workdir"])
-    serve(cfg, isolation)
-
-
-def serve(cfg: dict, isolation: dict) -> None:
-    req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
+def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> None:
+    """Answer the judge's requests until it says exit (or closes the pipe)."""
     import torch  # noqa: F401  (imported before any student code, like a kernel would)
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
@@ -137,7 +87,7 @@ def serve(cfg: dict, isolation: dict) -> None:
             data, _ = wire.encode({"ok": False, "error": str(e)})
         wire.write_all(resp_fd, data)
 
-    send({"op": "ready", "isolation": isolation})
+    send({"op": "ready", "isolation": asdict(isolation)})
 
     def rebuild(name: str, params: dict, pid: int):
         if name not in REGISTRY:
@@ -162,7 +112,7 @@ def serve(cfg: dict, isolation: dict) -> None:
         if op == "exit":
             return
         if op == "run":
-            out = _Capped(cfg.get("stdout_cap", 20000))
+            out = _Capped(stdout_cap)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 res = shell.run_cell(header["source"], store_history=True)
                 figures = _take_figures(_FIGURE_BUDGET)
@@ -175,6 +125,13 @@ def serve(cfg: dict, isolation: dict) -> None:
                     "figures": figures,
                 }
             )
+            continue
+        if op == "put":
+            try:
+                _put_files(header, blob)
+                send({"ok": True})
+            except (OSError, ValueError) as e:
+                send({"ok": False, "error": _error_text(e)})
             continue
         if op == "names":
             found = {}
@@ -207,5 +164,18 @@ def serve(cfg: dict, isolation: dict) -> None:
                 send({"ok": False, "error": _error_text(e)})
 
 
-if __name__ == "__main__":
-    main()
+def _put_files(header: dict, blob: bytes) -> None:
+    """The assignment's data files, sent by the judge (the sandbox cannot see the course)."""
+    from .. import wire
+
+    files = wire.Decoder(blob, {"cpu": "cpu"}).dec(header.get("value"))
+    if not isinstance(files, dict):
+        raise ValueError("files must be a mapping")
+    for name, data in files.items():
+        parts = str(name).split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"bad file name {name!r}")
+        if len(parts) > 1:
+            os.makedirs(os.path.join(*parts[:-1]), exist_ok=True)
+        with open(name, "wb") as f:
+            f.write(data.numpy().tobytes())

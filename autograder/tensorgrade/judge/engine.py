@@ -12,19 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..protocol import LAYERS, weakest
 from ..results import SubmissionResult, TestResult, not_run
 from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
 from .proxy import Proxy, StudentError
-from .sandbox import (
-    Limits,
-    Sandbox,
-    SandboxDied,
-    SandboxTimeout,
-    can_confine,
-    others_can_use,
-    visible_paths,
-)
+from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, Zygote
 from .source import definition_source
 
 # Lines otter adds to student notebooks; the trusted engine does not need otter in the sandbox.
@@ -34,8 +27,8 @@ _OTTER_LINE = re.compile(
 )
 _STDOUT_TOTAL = 50_000
 _MAX_FIGURES = 8  # per submission; each at most _FIGURE_BYTES of PNG, all at most _FIGURES_TOTAL
-_FIGURE_BYTES = 400_000
-_FIGURES_TOTAL = 1_000_000  # characters of base64: results.json stays small enough to upload
+_FIGURE_BYTES = 120_000
+_FIGURES_TOTAL = 200_000  # characters of base64: results.json stays under its 300 kB cap
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _warned_reduced = False
 
@@ -52,10 +45,8 @@ class Session:
     files_from: Path | None
     slot: int
     cells: list[str]
-    forbidden: list[Path] = field(default_factory=list)
-    confine: bool = True
-    own_uid: bool = False  # without namespaces: run the student's code as the slot's uid anyway
     sandbox: Sandbox | None = None
+    isolation: list[dict] = field(default_factory=list)  # what held, one record per sandbox
     uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
     restart_needed: str = ""
@@ -63,17 +54,17 @@ class Session:
     gpu_released: list[bool | None] = field(default_factory=list)  # one per sandbox closed
 
     def start(self) -> None:
-        self.sandbox = Sandbox(
-            self.slot,
-            self.limits,
-            self.files_from,
-            self.forbidden,
-            confine=self.confine,
-            own_uid=self.own_uid,
-        )
-        self.sandbox.start()
-        if self.sandbox.switches_uid:
-            self.uids.append(self.sandbox.uid)
+        self.sandbox = Sandbox(self.slot, self.limits, self.files_from)
+        try:
+            self.sandbox.start()
+        except BaseException:
+            self.sandbox.close()
+            self.sandbox = None
+            raise
+        iso = self.sandbox.isolation
+        self.isolation.append(iso.record())
+        if iso.uid:
+            self.uids.append(iso.sandbox_uid)
 
     def restart(self, deadline: float) -> None:
         self.restarts += 1
@@ -128,11 +119,8 @@ def grade(
     """Grade one notebook: check it, run its cells in a sandbox, run every test here."""
     start = time.monotonic()
     result = SubmissionResult(assignment_id, name, "trusted", "graded")
-    confine = isolation == "full" and can_confine()
-    own_uid = not confine and isolation == "full" and _uid_without_namespaces(forbidden or [])
-    result.isolation = "full" if confine else "reduced"
     result.judge_user = _user_name(os.getuid())
-    _warn_if_reduced(confine, own_uid, isolation)
+    Zygote.configure(list(forbidden or []), namespaces=isolation == "full")
 
     try:
         nb = _checked_notebook(nb_bytes, name, assignment_id)
@@ -141,7 +129,7 @@ def grade(
 
     cells = [strip_otter(cell_source(c)) for c in nb["cells"] if c.get("cell_type") == "code"]
     deadline = start + limits.submission_timeout
-    session = Session(limits, files_from, slot, cells, list(forbidden or []), confine, own_uid)
+    session = Session(limits, files_from, slot, cells)
     notes: list[str] = []
     stdout: list[str] = []
     figures: list[dict] = []
@@ -150,8 +138,7 @@ def grade(
             session.start()
         except (SandboxDied, SandboxTimeout) as e:
             return _ungradable(result, specs, f"the sandbox could not start: {e}", start)
-        if session.sandbox.isolation.get("uid") == 0:
-            result.isolation = "reduced"
+        _warn_if_reduced(session.isolation[0])
         result.timings["startup"] = round(time.monotonic() - start, 3)
         _run_cells(session, deadline, notes, stdout, figures)
         result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
@@ -163,6 +150,7 @@ def grade(
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.sandbox_uids = sorted(set(session.uids))
+    result.isolation = weakest(session.isolation)
     _record_gpu(result, session.gpu_released, notes)
     result.reason = "\n".join(notes)
     result.student_output = "\n".join(stdout)[:_STDOUT_TOTAL]
@@ -194,28 +182,17 @@ def _record_gpu(result: SubmissionResult, released: list[bool | None], notes: li
         notes.append("GPU memory of the sandbox was still held after it was killed")
 
 
-def _uid_without_namespaces(forbidden: list[Path]) -> bool:
-    """Namespaces refused but root (Docker's defaults, perhaps Gradescope): the student's code can
-    still run as the slot's own uid, if that uid can reach the interpreter without a private root."""
-    return os.geteuid() == 0 and others_can_use(visible_paths(forbidden))
-
-
-def _warn_if_reduced(confine: bool, own_uid: bool, isolation: str) -> None:
+def _warn_if_reduced(record: dict) -> None:
+    """Once per process: which layers are missing here, and why (the system's own words)."""
     global _warned_reduced
-    if confine or _warned_reduced:
+    if record.get("level") == "full" or _warned_reduced:
         return
-    if own_uid:
-        what = "namespaces or a private root (it runs as its own uid; files are protected only by "
-        what += "their permissions, the network only by the container's)"
-        why = "namespaces are not allowed here"
-    else:
-        what = "namespaces, a private root or a separate uid"
-        why = "asked for" if isolation != "full" else "not root, or namespaces are not allowed"
-        if isolation == "full" and os.geteuid() == 0:
-            why = "namespaces are not allowed, and other uids can't reach the interpreter"
+    missing = [k for k in LAYERS if not record.get(k)]
+    why = "; ".join(f"{k}: {v}" for k, v in record.get("errors", {}).items())
     print(
-        f"WARNING: student code runs WITHOUT {what} ({why}): isolation: reduced, recorded in "
-        "every result.",
+        f"WARNING: isolation {record.get('level')}: student code runs without "
+        f"{', '.join(missing)} ({why}). Recorded in every result; `tensorgrade doctor` says "
+        "what to change.",
         file=sys.stderr,
     )
     _warned_reduced = True

@@ -1,13 +1,15 @@
-"""Starting, talking to and killing one sandbox process (judge side)."""
+"""The judge's handle on one sandbox, and on the zygote that starts it.
+
+The judge never decides how a sandbox is confined: it asks the zygote (``root.zygote``) for one,
+by slot and limits, and reads back what held (``protocol.Isolation``) from the sandbox's first
+message, sent before any student code ran.
+"""
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,24 +20,43 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import wire
-from ..sandbox.confine import unshare_namespaces
-from ..sandbox.procs import BASE_UID, reap_uid, uid_processes  # noqa: F401  (tests use them)
+import torch
+
+from .. import protocol, wire
 from . import gpus
 
-# Environment every sandbox gets (plus PATH, HOME, TMPDIR); nothing else of the judge's leaks in.
-SANDBOX_ENV_FIXED = {
-    "LANG": "C.UTF-8",
+# The zygote's whole environment: nothing else of the grader's (API tokens...) reaches it.
+ZYGOTE_ENV_KEYS = (
+    "PATH",
+    "LANG",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "LD_LIBRARY_PATH",  # GPU driver libraries may live outside /usr
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "CUDA_MPS_LOG_DIRECTORY",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
+ZYGOTE_ENV_FIXED = {
     "MPLBACKEND": "Agg",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONHASHSEED": "0",
-    "NVIDIA_TF32_OVERRIDE": "0",  # full fp32 on Ampere/Hopper: scores must not depend on the GPU
+    "NVIDIA_TF32_OVERRIDE": "0",  # what torch reads at import time: the sandbox's settings
 }
+MAX_DATA_FILES = 64 * 2**20  # bytes of assignment data files sent into one sandbox
 
 
 def sandbox_threads() -> str:
     """CPU threads per sandbox: one, so that --jobs N uses N cores (override: OMP_NUM_THREADS)."""
     return os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def zygote_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in ZYGOTE_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", "/usr/bin:/bin")
+    return {**env, **ZYGOTE_ENV_FIXED, "OMP_NUM_THREADS": sandbox_threads()}
 
 
 class SandboxDied(RuntimeError):
@@ -57,6 +78,7 @@ class Limits:
     memory_mb: int = 6144
     processes: int = 512
     file_mb: int = 64
+    tmpfs_mb: int = 1024  # all the files a submission may write (workdir, /tmp, /dev/shm)
     stdout_chars: int = 20000
     max_restarts: int = 8  # crashes during the tests after which the remaining tests are not run
 
@@ -68,29 +90,17 @@ class Limits:
             raise ValueError(f"unknown grading limits: {', '.join(sorted(unknown))}")
         return cls(**known)
 
-
-@functools.cache
-def can_confine() -> bool:
-    """Full isolation needs root and namespaces (some containers forbid them): probe once."""
-    if os.geteuid() != 0:
-        return False
-    pid = os.fork()
-    if pid == 0:  # the child only tries to unshare and exits
-        try:
-            unshare_namespaces()
-            os._exit(0)
-        except BaseException:  # noqa: BLE001
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
-
-
-def _enter_namespaces() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    try:
-        unshare_namespaces()
-    except OSError:
-        os._exit(97)
+    def for_sandbox(self) -> protocol.SandboxLimits:
+        return protocol.SandboxLimits(
+            processes=self.processes,
+            file_bytes=self.file_mb * 2**20,
+            cpu_seconds=int(self.submission_timeout) + 5,
+            open_files=1024,
+            # CUDA reserves huge address ranges: no address-space limit on a GPU machine
+            memory_bytes=0 if _cuda_present() else self.memory_mb * 2**20,
+            tmpfs_bytes=self.tmpfs_mb * 2**20,
+            stdout_chars=self.stdout_chars,
+        )
 
 
 @dataclass
@@ -98,107 +108,71 @@ class Sandbox:
     slot: int
     limits: Limits
     files_from: Path | None = None
-    forbidden: list[Path] = field(default_factory=list)  # never visible inside (masters, dist)
-    confine: bool = field(default_factory=lambda: can_confine())
-    # without namespaces, still run as the slot's own uid where the judge can (it is root)
-    own_uid: bool = False
-    proc: subprocess.Popen | None = None
     pid: int | None = None
-    isolation: dict = field(default_factory=dict)
+    uid: int | None = None
+    isolation: protocol.Isolation = field(default_factory=protocol.Isolation)
     gpu_released: bool | None = None  # set by close() on a GPU machine (None: not checked)
 
-    @property
-    def switches_uid(self) -> bool:
-        """Whether the student's code runs as the slot's uid (not the judge's)."""
-        return self.confine or (self.own_uid and os.geteuid() == 0)
-
     def start(self) -> None:
-        self.uid, self._lock = acquire_uid(self.slot)
-        self.base = Path(tempfile.mkdtemp(prefix="tg-sandbox-"))
-        os.chmod(self.base, 0o711)
-        self.workdir = self.base / "work"
-        self.stderr_path = self.base / "stderr.txt"  # read only to explain a failed start
-        (self.base / "root").mkdir()
-        if self.files_from and self.files_from.is_dir():
-            shutil.copytree(self.files_from, self.workdir, ignore=shutil.ignore_patterns("*.ipynb"))
-        else:
-            self.workdir.mkdir()
-        (self.workdir / "tmp").mkdir(exist_ok=True)
+        zyg = Zygote.get()
+        if zyg is None:
+            raise SandboxDied(f"the sandbox starter could not run: {Zygote.failure}")
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
-        cfg = {
-            "req_fd": req_r,
-            "resp_fd": resp_w,
-            "workdir": str(self.workdir),
-            "judge_uid": os.getuid(),
-            "confine": self.confine,
-            "own_uid": self.switches_uid,
-            "uid": self.uid,
-            "gid": self.uid,
-            "newroot": str(self.base / "root"),
-            "readonly": visible_paths(self.forbidden),
-            "stdout_cap": self.limits.stdout_chars,
-            "limits": {
-                "processes": self.limits.processes,
-                "file_bytes": self.limits.file_mb * 2**20,
-                "cpu_seconds": int(self.limits.submission_timeout) + 5,
-                "open_files": 1024,
-                "memory_bytes": self.limits.memory_mb * 2**20 if not _cuda_present() else None,
-            },
-        }
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.workdir),
-            "TMPDIR": str(self.workdir / "tmp"),
-            "USER": "student",
-            "LOGNAME": "student",
-            **SANDBOX_ENV_FIXED,
-            "OMP_NUM_THREADS": sandbox_threads(),
-        }
-        for k in (
-            "CUDA_VISIBLE_DEVICES",
-            "OPENBLAS_CORETYPE",
-            "OPENBLAS_L2_SIZE",
-            "VIRTUAL_ENV",
-            "PYTHONPATH",
-            "LD_LIBRARY_PATH",  # GPU driver libraries may live outside /usr
-            "CUDA_MPS_PIPE_DIRECTORY",
-            "CUDA_MPS_LOG_DIRECTORY",
-        ):
-            if k in os.environ:
-                env[k] = os.environ[k]
-        zyg = Zygote.get()
-        if zyg is not None:
-            cfg.update(env=env, forked=True, stderr_path=str(self.stderr_path))
-            self.pid = zyg.spawn(cfg, (req_r, resp_w))
-        else:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tensorgrade.sandbox.worker", json.dumps(cfg)],
-                pass_fds=(req_r, resp_w),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.stderr_path, "wb"),
-                env=env,
-                cwd="/",
-                preexec_fn=_enter_namespaces if self.confine else os.setsid,
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            reply = zyg.spawn(
+                protocol.Spawn(self.slot, self.limits.for_sandbox()),
+                (req_r, resp_w, self._stderr.fileno()),
             )
-            self.pid = self.proc.pid
-        os.close(req_r)
-        os.close(resp_w)
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        if reply.error:
+            raise SandboxDied(reply.error)
+        self.pid, self.uid = reply.pid, reply.uid
         try:
             header, _ = self.receive(self.limits.startup_timeout)
         except SandboxDied as e:
             raise SandboxDied(f"{e}: {self.stderr_tail()}") from None
         if header.get("op") != "ready":
             raise SandboxDied("the sandbox did not start")
-        self.isolation = header.get("isolation", {})
+        try:
+            self.isolation = protocol.Isolation.parse(header.get("isolation"))
+        except protocol.ProtocolError as e:
+            raise SandboxDied(f"the sandbox sent a malformed start message: {e}") from None
+        self._put_files()
+
+    def _put_files(self) -> None:
+        """Send the assignment's data files (never its notebooks) into the sandbox's workdir."""
+        if not self.files_from or not self.files_from.is_dir():
+            return
+        files, total = {}, 0
+        for p in sorted(self.files_from.rglob("*")):
+            if p.is_file() and not p.is_symlink() and p.suffix != ".ipynb":
+                data = p.read_bytes()
+                total += len(data)
+                if total > MAX_DATA_FILES:
+                    raise SandboxDied("the assignment's data files are too large to send")
+                rel = p.relative_to(self.files_from).as_posix()
+                files[rel] = (
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                    if data
+                    else (torch.zeros(0, dtype=torch.uint8))
+                )
+        if files:
+            h, _, _ = self.request({"op": "put", "value": files}, self.limits.startup_timeout)
+            if not h.get("ok"):
+                raise SandboxDied(f"could not copy the data files: {h.get('error', '')}")
 
     def stderr_tail(self, n: int = 1500) -> str:
+        f = getattr(self, "_stderr", None)
+        if f is None:
+            return ""
         try:
-            with open(self.stderr_path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - n))
-                return f.read().decode("utf-8", "replace").strip()
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace").strip()
         except OSError:
             return ""
 
@@ -238,213 +212,148 @@ class Sandbox:
             raise wire.WireError("the sandbox sent a malformed message") from None
 
     def _exit_code(self, timeout: float) -> int | None:
-        if getattr(self, "_code", None) is not None:
-            return self._code
-        self._code = self._wait_exit(timeout)
-        return self._code
-
-    def _wait_exit(self, timeout: float) -> int | None:
-        if self.proc is not None:
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        zyg = Zygote.get()
-        return zyg.status(self.pid, timeout) if zyg is not None and self.pid else None
+        if getattr(self, "_code", None) is None and self.pid:
+            zyg = Zygote.get()
+            self._code = zyg.status(self.pid, timeout) if zyg is not None else None
+        return getattr(self, "_code", None)
 
     def _death(self) -> str:
         code = self._exit_code(2.0)
         if code is None:
             return "the process stopped answering"
-        if code < 0:
-            return f"the process was killed by signal {signal.Signals(-code).name}"
-        if code == 97:
-            return "the sandbox could not enter its namespaces"
+        if code > 128:
+            try:
+                return f"the process was killed by signal {signal.Signals(code - 128).name}"
+            except ValueError:
+                pass
+        if code == protocol.EXIT_SETUP:
+            return "the sandbox could not be set up"
+        if code == protocol.EXIT_DISK:
+            return f"its files grew past the {self.limits.tmpfs_mb} MiB allowed"
         return f"the process exited with code {code}"
 
-    def _kill(self) -> None:
-        if self.pid:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self._exit_code(5.0)
-        if self.switches_uid and hasattr(self, "uid"):
-            reap_uid(self.uid)
-
     def close(self) -> None:
-        """Kill the sandbox and everything its uid left running, then remove its files."""
-        on_gpu = _cuda_present()
-        holders = {self.pid} if self.pid else set()
-        if on_gpu and self.switches_uid and self.pid and hasattr(self, "uid"):
-            holders |= set(uid_processes(self.uid))
-        if self.pid and self.proc is None and os.geteuid() != 0:
-            # an unprivileged judge may not kill the sandbox uid: the zygote (root) does it
-            Zygote.get().reap(
-                self.pid, getattr(self, "uid", None) if self.switches_uid else None, str(self.base)
-            )
-        else:
-            self._kill()
-        self.pid = None
-        if on_gpu and holders:
-            self.gpu_released = gpus.memory_released(holders)
+        """Kill the sandbox and everything it started, then have its files removed."""
+        if self.pid:
+            zyg = Zygote.get()
+            pids = zyg.reap(self.pid) if zyg is not None else []
+            if _cuda_present():
+                self.gpu_released = gpus.memory_released({self.pid, *pids})
+            self.pid = None
         for fd in (getattr(self, "req_w", None), getattr(self, "resp_r", None)):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        if hasattr(self, "base"):
-            shutil.rmtree(self.base, ignore_errors=True)
-        if getattr(self, "_lock", None) is not None:
-            self._lock.close()  # releases the uid for the next sandbox
-            self._lock = None
+        self.req_w = self.resp_r = None
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
+            self._stderr = None
 
 
 class Zygote:
-    """The judge's handle on the fork server (``tensorgrade.sandbox.zygote``), one per process."""
+    """The judge's handle on the fork server (``tensorgrade.root.zygote``), one per process.
+
+    Started once (as root where the grader is root, before a judge user drops privileges) with
+    the folders no sandbox may see and whether namespaces may be used; later calls reuse it.
+    """
 
     _instance: Zygote | None = None
-    _failed = False
+    failure = ""
+    hidden: list[Path] = []
+    namespaces = True
     _lock = threading.Lock()
 
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cmd = [sys.executable, "-m", "tensorgrade.root.zygote", str(theirs.fileno())]
+        cmd += [f"--hide={p}" for p in self.hidden]
+        cmd += [] if self.namespaces else ["--no-namespaces"]
+        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorgrade.sandbox.zygote", str(theirs.fileno())],
+            cmd,
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
             cwd="/",
-            # what torch reads at import time must already be the sandbox's settings
-            env={**os.environ, **SANDBOX_ENV_FIXED, "OMP_NUM_THREADS": sandbox_threads()},
+            env=zygote_env(),
         )
         theirs.close()
         self.sock = mine
         self.sock.settimeout(120)
-        if json.loads(self.sock.recv(4096)).get("ready") is not True:
-            raise OSError("zygote did not start")
-        self.sock.settimeout(30)
+        try:
+            hello = json.loads(self.sock.recv(4096) or b"{}")
+            ok = hello.get("ready") is True
+            self.base = str(hello.get("base", ""))  # its folder of sandbox workdirs (for tests)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            self._stderr.seek(0)
+            tail = self._stderr.read()[-1500:].decode("utf-8", "replace").strip()
+            self.proc.kill()
+            raise OSError(f"the zygote did not start: {tail or 'no message'}")
+
+    @classmethod
+    def configure(cls, hidden: list[Path], namespaces: bool) -> None:
+        """What the next zygote is started with; a running one with other settings is replaced."""
+        hidden = sorted(Path(p).resolve() for p in hidden)
+        with cls._lock:
+            if (hidden, namespaces) != (cls.hidden, cls.namespaces):
+                cls.hidden, cls.namespaces = hidden, namespaces
+                if cls._instance is not None:
+                    cls._instance.stop()
+                    cls._instance = None
+                cls.failure = ""
 
     @classmethod
     def get(cls) -> Zygote | None:
-        """The running zygote, started on first use; None (spawn directly) if it cannot run."""
-        if os.environ.get("TENSORGRADE_NO_ZYGOTE"):
-            return None
+        """The running zygote, started on first use; None if it cannot run (``failure`` says why)."""
         with cls._lock:
             if cls._instance is not None and cls._instance.proc.poll() is None:
                 return cls._instance
-            if cls._failed:
+            if cls.failure:
                 return None
             try:
                 cls._instance = Zygote()
-            except (OSError, ValueError):
-                cls._failed = True
+            except (OSError, ValueError) as e:
+                cls.failure = str(e)
                 return None
             return cls._instance
 
-    def _ask(self, msg: dict, fds: tuple[int, ...] = (), timeout: float = 30) -> dict:
+    def stop(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def _ask(self, msg, fds: tuple[int, ...] = (), timeout: float = 30) -> bytes:
         with self._lock:
             self.sock.settimeout(timeout)
-            socket.send_fds(self.sock, [json.dumps(msg).encode()], list(fds))
-            return json.loads(self.sock.recv(1 << 16))
+            socket.send_fds(self.sock, [protocol.encode(msg)], list(fds))
+            return self.sock.recv(protocol.MAX_MESSAGE)
 
-    def spawn(self, cfg: dict, fds: tuple[int, int]) -> int:
-        return int(self._ask({"op": "spawn", "cfg": cfg}, fds)["pid"])
-
-    def reap(self, pid: int | None, uid: int | None, base: str) -> None:
-        """Kill a sandbox and its uid's processes and remove its files (for an unprivileged judge)."""
+    def spawn(self, req: protocol.Spawn, fds: tuple[int, int, int]) -> protocol.Spawned:
         try:
-            self._ask({"op": "reap", "pid": pid, "uid": uid, "base": base}, timeout=60)
-        except (OSError, ValueError):
-            pass
+            return protocol.parse_spawned(self._ask(req, fds))
+        except (OSError, protocol.ProtocolError) as e:
+            return protocol.Spawned(0, 0, f"the sandbox starter failed: {e}")
+
+    def reap(self, pid: int) -> list[int]:
+        """Kill a sandbox and its processes and remove its files; the pids it had."""
+        try:
+            return protocol.parse_reaped(self._ask(protocol.Reap(pid), timeout=90)).pids
+        except (OSError, protocol.ProtocolError):
+            return []
 
     def status(self, pid: int, timeout: float) -> int | None:
         try:
-            return self._ask({"op": "status", "pid": pid, "timeout": timeout}).get("code")
-        except (OSError, ValueError):
+            raw = self._ask(protocol.Status(pid, timeout), timeout=timeout + 30)
+            return protocol.parse_exited(raw).code
+        except (OSError, protocol.ProtocolError):
             return None
-
-
-MAX_SLOTS = 4096
-
-
-def uid_lock_dir() -> Path:
-    """Where sandbox uids are locked; shared by graders running as root and as a judge user."""
-    lock_dir = Path(tempfile.gettempdir()) / "tensorgrade-uids"
-    lock_dir.mkdir(exist_ok=True)
-    if lock_dir.stat().st_uid == os.geteuid():
-        os.chmod(lock_dir, 0o1777)
-    return lock_dir
-
-
-def acquire_uid(preferred: int) -> tuple[int, object]:
-    """Lock a sandbox uid for this process, machine-wide (several graders may run at once).
-
-    Cleaning up kills every process of the uid, so two live sandboxes must never share one.
-    """
-    lock_dir = uid_lock_dir()
-    for k in [preferred, *range(MAX_SLOTS)]:
-        try:
-            fd = os.open(lock_dir / f"{k}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-            if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, 0o666)
-        except OSError:
-            continue
-        f = os.fdopen(fd, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            continue
-        return BASE_UID + k, f
-    raise SandboxDied("no free sandbox uid")
-
-
-def visible_paths(forbidden: list[Path] = ()) -> list[str]:
-    """What the sandbox sees besides the system dirs: the interpreter, its site dirs, PYTHONPATH
-    entries and the tensorgrade package — never a directory that holds a ``forbidden`` one."""
-    import tensorgrade
-
-    paths = {sys.prefix, sys.base_prefix, str(Path(tensorgrade.__file__).parent)}
-    paths |= {p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")}
-    for var in ("PYTHONPATH", "LD_LIBRARY_PATH"):
-        paths |= {p for p in os.environ.get(var, "").split(os.pathsep) if p}
-    # GPU helpers a CUDA client may need to reach: the MPS pipe and the persistence daemon
-    paths |= {os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")}
-    paths |= {"/run/nvidia-persistenced", "/var/run/nvidia-persistenced"}
-    out = []
-    for p in sorted(paths):
-        rp = Path(p).resolve()
-        if not _is_dir(rp) or any(str(rp).startswith(d + "/") for d in ("/usr", "/etc")):
-            continue
-        if any(rp == f.resolve() or rp in f.resolve().parents for f in forbidden):
-            continue
-        out.append(str(rp))
-    return out
-
-
-def others_can_use(paths: list[str]) -> bool:
-    """Whether a uid with no rights of its own can reach and read every path: without a private
-    root, the sandbox sees the machine's folders with their own permissions (an interpreter under
-    a 0700 /root would not even import)."""
-    for p in map(Path, paths):
-        try:
-            if any(not d.stat().st_mode & 0o001 for d in p.parents):
-                return False
-            if p.stat().st_mode & 0o005 != 0o005:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _is_dir(p: Path) -> bool:
-    try:
-        return p.is_dir()
-    except PermissionError:  # a judge user may not look inside; the sandbox mounts it as root
-        return True
 
 
 def _cuda_present() -> bool:

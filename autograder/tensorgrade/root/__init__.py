@@ -1,0 +1,1 @@
+"""The only code that keeps root: the zygote (starts, kills and cleans up sandboxes) and uids."""
