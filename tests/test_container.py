@@ -78,12 +78,17 @@ for p in [{paths}]:
         print("READ", p)
     except OSError:
         print("DENIED", p)
+print("uid", os.getuid())
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not namespaces_here(), reason="needs root and namespaces")
-def test_entry_point_grades_as_the_image_would(built, interpreter_reachable_by_others):
+@pytest.mark.parametrize("isolation", ["full", "reduced"])
+def test_entry_point_grades_as_the_image_would(built, isolation, interpreter_reachable_by_others):
+    """With the documented flags (full), and as under Docker's default profile, where namespaces
+    are refused ("reduced" gives the same sandbox): the student's code never runs as root or as
+    the judge, and reads nothing of the course, the results or the submissions."""
     course = _course_copy(built)
     base = course.parent.parent
     try:
@@ -103,13 +108,17 @@ def test_entry_point_grades_as_the_image_would(built, interpreter_reachable_by_o
         mapping = {"judge": "nobody", "/results": str(results), "/submissions": str(subs)}
         cmd = [sys.executable, "-m", "tensorgrade", *[mapping.get(x, x) for x in entry[1:]]]
         env = {**os.environ, "TENSORGRADE_ROOT": str(course)}
-        proc = subprocess.run(cmd + ["-q"], env=env, capture_output=True, text=True, timeout=600)
+        cmd += ["-q", "--isolation", isolation]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
         ada = json.loads((results / "ada" / "results.json").read_text())["extra_data"]
         snoop = json.loads((results / "snoop" / "results.json").read_text())["extra_data"]
         assert ada["judge_user"] == snoop["judge_user"] == "nobody"
-        assert ada["isolation"]["level"] == snoop["isolation"]["level"] == "full"
+        assert ada["isolation"]["level"] == snoop["isolation"]["level"] == isolation
+        assert snoop["isolation"]["uid"] and snoop["isolation"]["landlock"]
+        uid = int(snoop["student_output"].split("uid")[-1].split()[0])
+        assert uid not in (0, 65534) and snoop["sandbox_uids"] == [uid]
         assert all(t["passed"] for t in ada["tests"]), [
             t["output"] for t in ada["tests"] if not t["passed"]
         ]

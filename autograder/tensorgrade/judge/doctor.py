@@ -32,8 +32,8 @@ WHAT = {
 FIX = {
     "uid": "run the grader as root (it drops to a fresh uid per sandbox; use --judge-user to "
     "run the hidden tests unprivileged)",
-    "net": "root with CAP_SYS_ADMIN: on a host run as root; in Docker add "
-    "`--cap-add SYS_ADMIN --security-opt apparmor=unconfined --security-opt seccomp=unconfined`",
+    "net": "root with CAP_SYS_ADMIN: on a host run as root; in Docker add `--cap-add SYS_ADMIN` "
+    "(and `--security-opt apparmor=unconfined` where AppArmor is on)",
     "mount": "as for the namespaces; the error above says which mount failed",
     "pid": "as for the network namespace",
     "ipc": "as for the network namespace",
@@ -69,7 +69,15 @@ def leaked():
         return "secret in own environment"
     raise PermissionError("not found")
 attempt("grader_environment", leaked)
-attempt("see_grader_process", lambda: os.stat(f"/proc/{GRADER_PID}").st_uid)
+def grader_process():
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and b"\0doctor\0" in open(f"/proc/{p}/cmdline", "rb").read():
+                return "pid " + p
+        except OSError:
+            pass
+    raise LookupError("not visible")
+attempt("see_grader_process", grader_process)
 if CUDA:
     def cuda():
         import torch
@@ -114,7 +122,7 @@ class Report:
 
 def diagnose(isolation: str = "full") -> Report:
     """Start one sandbox as grading would and try, from inside, what a student would."""
-    secret_dir = Path(tempfile.mkdtemp(prefix="tg-doctor-"))
+    secret_dir = Path(tempfile.mkdtemp(prefix="tg-probe-"))
     os.chmod(secret_dir, 0o755)  # world-readable on purpose: only the sandbox layers stop it
     secret_file = secret_dir / "grader-file.txt"
     secret_file.write_text("hidden test source\n")
@@ -134,7 +142,6 @@ def diagnose(isolation: str = "full") -> Report:
             PROBE.replace("PORT", str(listener.getsockname()[1]))
             .replace("SECRET_FILE", repr(str(secret_file)))
             .replace("SECRET_VALUE", repr(value))
-            .replace("GRADER_PID", str(os.getpid()))
             .replace("CUDA", repr(_cuda_present()))
         )
         header, _, _ = box.request({"op": "run", "source": src}, 120)
