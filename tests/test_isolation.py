@@ -349,3 +349,18 @@ def test_private_root_works_in_a_chroot_whose_root_is_not_a_mount_point(
     assert held["mount"], report["layers"]
     assert report["level"] == "full" and report["ok"], report
     assert leaked.strip() == "0", "a sandbox mount propagated out of its namespace"
+
+
+@pytest.mark.skipif(not namespaces_here(), reason="needs root and namespaces")
+def test_doctor_tries_cuda_inside_the_sandbox_and_bisects_a_failure(monkeypatch):
+    """On a GPU machine the doctor runs a CUDA operation in a confined sandbox; when it fails it
+    tries again without namespaces. Here (no GPU) CUDA fails both times: both are reported."""
+    from tensorgrade.judge import doctor
+
+    monkeypatch.setattr(doctor, "_cuda_present", lambda: True)
+    r = doctor.diagnose("full")
+    tried = {a.name: a for a in r.attempts}
+    assert tried["cuda"].outcome.startswith("denied") and not tried["cuda"].ok
+    assert "cuda_without_namespaces" in tried
+    assert not r.ok
+    assert "CUDA fails also without namespaces" in doctor.render(r)

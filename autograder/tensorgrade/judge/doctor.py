@@ -171,7 +171,17 @@ def diagnose(isolation: str = "full") -> Report:
     attempts.append(Attempt("own_uid", True, _uid_outcome(found.get("uid"))))
     if "cuda" in found:
         attempts.append(Attempt("cuda", False, found["cuda"]))
+        if found["cuda"].startswith("denied") and isolation == "full" and iso.mount:
+            attempts.append(_cuda_without_namespaces())
     return Report(os.geteuid(), iso.level, layers, attempts)
+
+
+def _cuda_without_namespaces() -> Attempt:
+    """CUDA failed with every layer: try once more without namespaces and the private root (uid,
+    Landlock and seccomp kept), so the report says which side of that line the failure is on."""
+    again = diagnose("reduced")
+    cuda = next((a.outcome for a in again.attempts if a.name == "cuda"), "denied: not tried")
+    return Attempt("cuda_without_namespaces", False, cuda)
 
 
 def _why(errors: dict[str, str], layer: str) -> str:
@@ -206,6 +216,15 @@ def render(r: Report) -> str:
     for a in r.attempts:
         mark = "ok " if a.ok else "BAD"
         lines.append(f"{mark} {a.name:<32} {a.outcome}")
+    names = {a.name: a for a in r.attempts}
+    if "cuda_without_namespaces" in names:
+        works = names["cuda_without_namespaces"].ok
+        lines.append(
+            "CUDA works without namespaces and the private root: one of those layers stops it "
+            "(grade with --isolation reduced until it is found)"
+            if works
+            else "CUDA fails also without namespaces: the uid, Landlock, seccomp or the driver"
+        )
     lines.append("")
     lines.append(
         "every check holds"
