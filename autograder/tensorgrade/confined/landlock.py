@@ -233,15 +233,7 @@ def restrict(
 
         # Required for an unprivileged caller, and what we want anyway: nothing exec'd later can
         # gain privileges (setuid binaries) that would let it step around the rules.
-        if libc.prctl(
-            ctypes.c_int(PR_SET_NO_NEW_PRIVS),
-            ctypes.c_ulong(1),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-        ):
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+        no_new_privs()
         rc = libc.syscall(
             ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF),
             ctypes.c_int(ruleset_fd),
@@ -252,3 +244,18 @@ def restrict(
     finally:
         os.close(ruleset_fd)
     return LandlockResult(abi=abi, net=abi >= 4, scoped=abi >= 6)
+
+
+def no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS for this process and its children, for good (Landlock and seccomp
+    both require it of an unprivileged caller)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(
+        ctypes.c_int(PR_SET_NO_NEW_PRIVS),
+        ctypes.c_ulong(1),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")

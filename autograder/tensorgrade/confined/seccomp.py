@@ -24,6 +24,8 @@ import os
 import platform
 import sys
 
+from .landlock import no_new_privs
+
 # Syscall numbers, from arch/x86/entry/syscalls/syscall_64.tbl (asm/unistd_64.h) and, for
 # aarch64, the generic table include/uapi/asm-generic/unistd.h. Plain data, checked in tests.
 X86_64: dict[str, int] = {
@@ -238,7 +240,6 @@ SECCOMP_RET_ALLOW = 0x7FFF0000
 RET_EPERM = SECCOMP_RET_ERRNO | errno.EPERM
 RET_ENOSYS = SECCOMP_RET_ERRNO | errno.ENOSYS
 
-PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
 
@@ -339,15 +340,7 @@ def install() -> None:
     libc.syscall.restype = ctypes.c_long
     # Required for an unprivileged caller, and what we want anyway: nothing exec'd later can
     # gain privileges (setuid binaries) and with them a way out of the filter.
-    if libc.prctl(
-        ctypes.c_int(PR_SET_NO_NEW_PRIVS),
-        ctypes.c_ulong(1),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-    ):
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+    no_new_privs()
     rc = libc.syscall(
         ctypes.c_long(TABLES[arch]["seccomp"]),
         ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
