@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import nbformat
 import pytest
+import torch
 
 from sandboxing import namespaces_here, uid_processes
+from tensorgrade import testing as tg
 from tensorgrade.judge import engine
 from tensorgrade.judge.sandbox import Limits
-from tensorgrade.results import SubmissionResult
+from tensorgrade.results import CRASHED, FAILURES, RAISED, WRONG_SHAPE, SubmissionResult
 from tensorgrade.root.uids import BASE_UID
 from tensorgrade.testfiles import load_tests
 
@@ -46,6 +48,34 @@ class Attack:
     score: float
     where: str = "end"  # "end", "start", or "after:<text in a cell>"
     note: str = ""  # text expected in the result's reason
+    absent: tuple[str, ...] = ()  # texts that must not appear in anything a student sees
+    hidden_failure: str = ""  # the class of failure some hidden test must show (fixed sentence)
+
+
+# What q1's hidden reference test sends first (x = 4 * randn(7, 13), seed 10): an attack below
+# turns it into a number and tries to get that number into feedback a student can read.
+_X0 = float((4 * tg.randn(7, 13, seed=10, dtype=torch.float32)).flatten()[0])
+CODE = int(abs(_X0) * 1e6) % 90000 + 10000
+RECORD_HIDDEN_INPUTS = (
+    "_SEEN = []\n"
+    "_honest_density = gaussian_density\n"
+    "def gaussian_density(x, mu, sigma):\n"
+    "    if x.numel() == 91:  # q1's hidden reference input\n"
+    "        _SEEN.append(int(abs(float(x.flatten()[0])) * 1e6) % 90000 + 10000)\n"
+    "    return _honest_density(x, mu, sigma)\n"
+)
+# Writes 16 bytes to every pipe the process may write to: the answer pipe among them.
+STRAY_BYTES = (
+    "import os, stat, fcntl\n"
+    "def _stray():\n"
+    "    for fd in range(3, 1024):\n"
+    "        try:\n"
+    "            st = os.fstat(fd)\n"
+    "        except OSError:\n"
+    "            continue\n"
+    "        if stat.S_ISFIFO(st.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
+    "            os.write(fd, b'x' * 16)\n"
+)
 
 
 ATTACKS = [
@@ -318,6 +348,7 @@ ATTACKS = [
         ],
         # q1 has 4 tests of 3 points each; the three with more than 10 inputs time out
         100 - 9,
+        hidden_failure="timed_out",
     ),
     Attack(
         "function_kills_its_process",
@@ -333,6 +364,7 @@ ATTACKS = [
         # q3: 13 points over 4 tests; the batched test crashes the process, and the einsum check
         # now reads this wrapper (the last definition), which has no einsum
         100 - 2 * 13 / 4,
+        hidden_failure=CRASHED,
     ),
     Attack(
         "exfiltrate_hidden_inputs_by_exception",
@@ -342,6 +374,95 @@ ATTACKS = [
             "    raise ValueError('SECRET-INPUT ' + repr(A.tolist()))"
         ],
         100 - 16,
+        hidden_failure=RAISED,
+    ),
+    Attack(
+        # A public test of q2 runs after q1's hidden tests sent their inputs? Then its (public,
+        # full) message would show the shape this normalize_rows returns: a hidden input.
+        "public_feedback_shows_inputs_seen_earlier",
+        "solution",
+        [
+            RECORD_HIDDEN_INPUTS + "_honest_normalize = normalize_rows\n"
+            "def normalize_rows(X, p=2):\n"
+            "    if _SEEN:\n"
+            "        return torch.zeros(3, _SEEN[0])\n"
+            "    return _honest_normalize(X, p)"
+        ],
+        # public tests run first, before any hidden input: q2's two hidden tests (13 / 4 points
+        # each) get the odd shape, and say only "wrong shape"
+        100 - 2 * 13 / 4,
+        absent=(str(CODE),),
+        hidden_failure=WRONG_SHAPE,
+    ),
+    Attack(
+        "hidden_input_in_an_exception_class_name",
+        "solution",
+        [
+            RECORD_HIDDEN_INPUTS + "_honest_power = power_iteration\n"
+            "def power_iteration(A, num_iters=200):\n"
+            "    if _SEEN:\n"
+            "        raise type(f'Leak{_SEEN[0]}', (Exception,), {})('x')\n"
+            "    return _honest_power(A, num_iters)"
+        ],
+        100 - 2 * 16 / 4,  # q6's two hidden tests
+        absent=("Leak", str(CODE)),
+        hidden_failure=RAISED,
+    ),
+    Attack(
+        "hidden_input_in_a_forged_tensor_spec",
+        "solution",
+        [
+            RECORD_HIDDEN_INPUTS + "import tensorgrade.wire as _w\n"
+            "_honest_tensor = _w._Encoder.tensor\n"
+            "def _forged(self, t):\n"
+            "    d = _honest_tensor(self, t)\n"
+            "    if _SEEN:\n"
+            "        d['__tensor__']['dtype'] = f'Leak{_SEEN[0]}'\n"
+            "        d['__tensor__']['device'] = f'Leak{_SEEN[0]}'\n"
+            "    return d\n"
+            "_w._Encoder.tensor = _forged"
+        ],
+        # the answer to q1's first hidden call is malformed: that test fails as a crash; the
+        # sandbox is restarted (with no memory of the input) and the rest pass
+        100 - 12 / 4,
+        absent=("Leak", str(CODE)),
+        hidden_failure=CRASHED,
+    ),
+    Attack(
+        "stray_bytes_on_the_answer_pipe",
+        "solution",
+        [STRAY_BYTES + "_stray()"],
+        100,  # the cell's answer is malformed: it is left out, the sandbox restarted
+        note="broke the sandbox",
+    ),
+    Attack(
+        "stray_bytes_while_answering_a_hidden_test",
+        "solution",
+        [
+            STRAY_BYTES + "_honest_normalize = normalize_rows\n"
+            "def normalize_rows(X, p=2):\n"
+            "    if X.dim() == 3:\n"
+            "        _stray()\n"
+            "    return _honest_normalize(X, p)"
+        ],
+        100 - 13 / 4,  # q2's batched test: its answer is malformed (a crash)
+        hidden_failure=CRASHED,
+    ),
+    Attack(
+        "answers_queued_ahead_of_the_questions",
+        "blank",
+        [
+            "import json, struct\n"
+            + STRAY_BYTES.replace("b'x' * 16", "frames")
+            + "def _frame(h):\n"
+            "    t = json.dumps(h).encode()\n"
+            "    return struct.pack('>QQ', len(t), 0) + t\n"
+            "frames = b''.join(_frame({'op': 'value', 'id': i, 'value': 1.0}) for i in range(64))\n"
+            "frames += b''.join(_frame({'op': 'names', 'id': i, 'names': {}}) for i in range(64))\n"
+            "_stray()"
+        ],
+        0,  # forged answers carry no valid request id: they break the sandbox, nothing more
+        note="broke the sandbox",
     ),
 ]
 
@@ -391,6 +512,10 @@ def _check_common(a, digest, result: SubmissionResult):
     assert sum(len(f["png"]) for f in figures) <= engine._FIGURES_TOTAL
     now = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.tests_dir.iterdir()}
     assert now == digest, "hidden test files were changed"
+    for t in result.tests:  # a failed hidden test says its class of failure, in a fixed sentence
+        if t.hidden and not t.passed:
+            assert t.output == FAILURES[t.failure], (t.name, t.output)
+        assert t.passed == (t.failure == "")
     if namespaces_here():
         assert result.sandbox_uids and min(result.sandbox_uids) >= BASE_UID
         for uid in result.sandbox_uids:
@@ -409,6 +534,14 @@ def test_attack(attack, env):
     )
     assert len(result.tests) == len(specs), "every test gets a result"
     assert attack.note in result.reason
+    seen = json.dumps(
+        [t.output for t in result.tests] + [result.reason, result.student_output],
+        ensure_ascii=False,
+    )
+    for text in attack.absent:
+        assert text not in seen, f"{text!r} reached what the student sees"
+    if attack.hidden_failure:
+        assert any(t.hidden and t.failure == attack.hidden_failure for t in result.tests)
     if attack.name == "exfiltrate_hidden_inputs_by_exception":
         assert "SECRET-INPUT" not in json.dumps([t.output for t in result.tests if t.hidden]), (
             "a student's exception text must not carry hidden inputs out"

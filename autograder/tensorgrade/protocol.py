@@ -238,3 +238,195 @@ def weakest(records: list[dict]) -> dict:
     if not records:
         return {"level": "none", **{k: False for k in LAYERS}}
     return min(records, key=lambda r: sum(bool(r.get(k)) for k in LAYERS))
+
+
+# ---- judge <-> sandbox ------------------------------------------------------------------------
+# Framed by ``wire`` (a JSON header plus tensor bytes). Every request of the judge carries a fresh
+# random ``id`` that its answer must repeat: bytes a student's code wrote to the answer pipe
+# ahead of time cannot pass for an answer to a later request. The sandbox's messages are the
+# untrusted side: ``parse_answer`` turns a header into exactly one of the dataclasses below or
+# raises ProtocolError, and the judge then treats the sandbox as dead. Tensor values (``value``)
+# stay in their wire form here and are decoded, with ``wire``'s caps, by the receiver.
+
+MAX_TEXT = 1 << 23  # characters of one text field (stdout, error); wire caps a header at 4 MiB
+MAX_FIGURES = 64
+MAX_FIGURE_TEXT = 2_000_000  # characters of one base64 PNG
+MAX_SPEC_DEPTH = 8  # derivative and vmap levels of one remote evaluation
+MAX_ARGS = 16  # tensors one remote evaluation takes
+ERROR_KINDS = ("raised", "not_data", "bad_request")
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The sandbox's first message, sent by its own set-up code before any student code ran."""
+
+    isolation: Isolation
+    op: str = "ready"
+
+
+@dataclass(frozen=True)
+class Ran:
+    """The answer to ``run``: whether the cell ran without an exception, its output, figures."""
+
+    id: int
+    ok: bool
+    error: str
+    stdout: str
+    figures: list[str]
+    op: str = "ran"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The answer to ``names``: which of the asked names exist, and whether each is callable."""
+
+    id: int
+    names: dict[str, bool]
+    op: str = "names"
+
+
+@dataclass(frozen=True)
+class Value:
+    """The answer to ``call``/``vjp``/``jvp``: the returned data, in wire form."""
+
+    id: int
+    value: Any
+    op: str = "value"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The answer to ``call``/``vjp``/``jvp`` when the student's code raised (``raised``), returned
+    something that is not data (``not_data``), or the request named nothing there
+    (``bad_request``). ``error`` is the student's text: shown, if at all, only in public tests."""
+
+    id: int
+    kind: str
+    error: str
+    op: str = "error"
+
+
+@dataclass(frozen=True)
+class Eval:
+    """Asked by the sandbox while it answers a request: evaluate the judge's remote function
+    ``token`` (see ``wire.RemoteFunction``) as ``spec`` says, on the tensors in ``value`` (a wire
+    list). The judge answers with ``Evaluated`` and keeps waiting for the request's answer."""
+
+    id: int
+    token: int
+    spec: tuple
+    value: Any
+    op: str = "eval"
+
+
+@dataclass(frozen=True)
+class Done:
+    """The answer to ``put`` (the assignment's data files)."""
+
+    id: int | None
+    ok: bool
+    error: str = ""
+    op: str = "done"
+
+
+SandboxMessage = Ready | Ran | Names | Value | Failed | Eval | Done
+
+
+def parse_answer(d: Any) -> SandboxMessage:
+    """A message of the sandbox as one of the types above; anything else raises ProtocolError."""
+    if not isinstance(d, dict):
+        raise ProtocolError("a message is an object")
+    op = d.get("op")
+    if op == "ready":
+        _only(d, {"op", "isolation"}, "ready")
+        return Ready(Isolation.parse(d.get("isolation")))
+    if op == "ran":
+        _only(d, {"op", "id", "ok", "error", "stdout", "figures"}, "ran")
+        figures = d.get("figures")
+        if not isinstance(figures, list) or len(figures) > MAX_FIGURES:
+            raise ProtocolError("figures must be a short list")
+        if not all(isinstance(f, str) and len(f) <= MAX_FIGURE_TEXT for f in figures):
+            raise ProtocolError("a figure must be text of bounded size")
+        return Ran(_id(d), _bool(d, "ok"), _text(d, "error"), _text(d, "stdout"), figures)
+    if op == "names":
+        _only(d, {"op", "id", "names"}, "names")
+        names = d.get("names")
+        if not isinstance(names, dict) or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in names.items()
+        ):
+            raise ProtocolError("names must map names to true or false")
+        return Names(_id(d), dict(names))
+    if op == "value":
+        _only(d, {"op", "id", "value"}, "value")
+        if "value" not in d:
+            raise ProtocolError("value missing")
+        return Value(_id(d), d["value"])
+    if op == "error":
+        _only(d, {"op", "id", "kind", "error"}, "error")
+        kind = d.get("kind")
+        if kind not in ERROR_KINDS:
+            raise ProtocolError("unknown kind of error")
+        return Failed(_id(d), kind, _text(d, "error"))
+    if op == "eval":
+        _only(d, {"op", "id", "token", "spec", "value"}, "eval")
+        return Eval(_id(d), _int(d, "token", 0, 1 << 62), parse_spec(d.get("spec")), d.get("value"))
+    if op == "done":
+        _only(d, {"op", "id", "ok", "error"}, "done")
+        rid = d.get("id")
+        return Done(None if rid is None else _id(d), _bool(d, "ok"), _text(d, "error"))
+    raise ProtocolError("unknown kind of message")
+
+
+def parse_spec(x: Any, depth: int = 0) -> tuple:
+    """What a remote evaluation computes, as nested lists (the sandbox builds them as autograd and
+    vmap reach a remote function): ``["f"]`` the function itself; ``["vjp", S, n]`` the pullback of
+    S, whose first n inputs are S's and the rest cotangents of its outputs; ``["jvp", S, n]`` its
+    pushforward (n inputs, then n tangents); ``["vmap", S, dims]`` S vectorised over a batch
+    dimension of each input (an int, or null for an input without one)."""
+    if depth > MAX_SPEC_DEPTH:
+        raise ProtocolError("remote evaluation nested too deeply")
+    if not isinstance(x, list) or not x:
+        raise ProtocolError("malformed remote evaluation")
+    kind = x[0]
+    if kind == "f" and len(x) == 1:
+        return ("f",)
+    if kind in ("vjp", "jvp") and len(x) == 3:
+        n = x[2]
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_ARGS:
+            raise ProtocolError("malformed remote evaluation")
+        return (kind, parse_spec(x[1], depth + 1), n)
+    if kind == "vmap" and len(x) == 3:
+        dims = x[2]
+        if not (isinstance(dims, list) and 1 <= len(dims) <= 2 * MAX_ARGS) or not all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and -64 <= v < 64)
+            for v in dims
+        ):
+            raise ProtocolError("malformed remote evaluation")
+        return ("vmap", parse_spec(x[1], depth + 1), tuple(dims))
+    raise ProtocolError("malformed remote evaluation")
+
+
+def spec_is_call(spec: tuple) -> bool:
+    """Whether ``spec`` evaluates the function itself (possibly vectorised): one call of it, as
+    the student's code would count it; derivatives of an earlier call are not calls."""
+    while spec[0] == "vmap":
+        spec = spec[1]
+    return spec[0] == "f"
+
+
+def _id(d: dict) -> int:
+    return _int(d, "id", 0, 1 << 62)
+
+
+def _bool(d: dict, key: str) -> bool:
+    v = d.get(key)
+    if not isinstance(v, bool):
+        raise ProtocolError(f"{key} must be true or false")
+    return v
+
+
+def _text(d: dict, key: str) -> str:
+    v = d.get(key, "")
+    if not isinstance(v, str) or len(v) > MAX_TEXT:
+        raise ProtocolError(f"{key} must be text of at most {MAX_TEXT} characters")
+    return v

@@ -26,6 +26,38 @@ HIDDEN = "after_published"
 # Gradescope and the LMS tools read the whole file; a student's output must not make it huge.
 MAX_RESULTS_BYTES = 300_000
 
+# Why a test failed, as data (``TestResult.failure``; "" when it passed). A failed hidden test's
+# feedback is exactly the fixed sentence of its class: never a value, shape, name or text that
+# came from the student's code, which had seen the hidden inputs.
+WRONG_VALUE = "wrong_value"
+NOT_FINITE = "not_finite"
+WRONG_SHAPE = "wrong_shape"
+WRONG_DTYPE = "wrong_dtype"
+WRONG_DEVICE = "wrong_device"
+WRONG_TYPE = "wrong_type"
+NO_RESULT = "no_result"
+CHECK_FAILED = "check_failed"
+NOT_DEFINED = "not_defined"
+RAISED = "raised"
+TIMED_OUT = "timed_out"
+CRASHED = "crashed"
+NOT_RUN = "not_run"
+FAILURES: dict[str, str] = {
+    WRONG_VALUE: "The result is not accurate enough.",
+    NOT_FINITE: "The result contains NaN or infinite values.",
+    WRONG_SHAPE: "The result has the wrong shape.",
+    WRONG_DTYPE: "The result has the wrong dtype.",
+    WRONG_DEVICE: "The result is on the wrong device (keep the device of the inputs).",
+    WRONG_TYPE: "The result is not of the expected type or structure.",
+    NO_RESULT: "Nothing was returned (None, or the blank is not filled in).",
+    CHECK_FAILED: "A check of this test failed.",
+    NOT_DEFINED: "The notebook does not define a name this test needs.",
+    RAISED: "Your code raised an exception.",
+    TIMED_OUT: "Your code did not finish in time.",
+    CRASHED: "Your code crashed the sandbox (it ended its process or sent a malformed answer).",
+    NOT_RUN: "Not run: the submission ran out of time, or its sandbox could not go on.",
+}
+
 
 @dataclass
 class TestResult:
@@ -38,6 +70,7 @@ class TestResult:
     passed: bool
     output: str
     hidden: bool
+    failure: str = ""  # one of FAILURES when failed, "" when passed (or an older result)
 
     def __setattr__(self, name: str, value: object) -> None:
         # texts are cleaned where they enter, however they are set (constructor or assignment)
@@ -57,9 +90,9 @@ class TestResult:
         }
 
 
-def not_run(spec, why: str) -> TestResult:
+def not_run(spec, why: str, failure: str = NOT_RUN) -> TestResult:
     """Zero points for a test (any object with question, name, points, hidden) with a reason."""
-    return TestResult(spec.question, spec.name, 0.0, spec.points, False, why, spec.hidden)
+    return TestResult(spec.question, spec.name, 0.0, spec.points, False, why, spec.hidden, failure)
 
 
 @dataclass
@@ -83,6 +116,9 @@ class SubmissionResult:
     figures: list = field(default_factory=list)
     gpu: dict = field(default_factory=dict)  # {"device", "memory_released"} on a GPU machine
     judge_user: str = ""  # who evaluated the hidden tests (the image's unprivileged 'judge')
+    # who the submission belongs to, as the LMS's download said (``lms/downloads.py``): e.g.
+    # {"source": "canvas", "canvas_user_id": "12345", "late": true, "members": [...]}; {} if none
+    lms: dict = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: object) -> None:
         super().__setattr__(name, clean_text(value) if isinstance(value, str) else value)
@@ -140,6 +176,7 @@ class SubmissionResult:
                 "figures": self.figures,
                 "gpu": self.gpu,
                 "judge_user": self.judge_user,
+                "lms": self.lms,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -164,6 +201,7 @@ class SubmissionResult:
             figures=extra.get("figures", []),
             gpu=extra.get("gpu", {}),
             judge_user=extra.get("judge_user", ""),
+            lms=extra["lms"] if isinstance(extra.get("lms"), dict) else {},
         )
 
 

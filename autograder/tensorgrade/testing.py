@@ -49,7 +49,15 @@ _BASE_RTOL = {
 
 
 class TestFailure(AssertionError):
-    """A failed check; its message is written for the student."""
+    """A failed check; its message is written for the student.
+
+    ``kind`` names the class of failure (``tensorgrade.results.FAILURES``): the grader records it
+    as data and shows a failed hidden test only as that class's fixed sentence.
+    """
+
+    def __init__(self, message: str = "", kind: str = "check_failed"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def tolerance(dtype: torch.dtype, cond: float = 1.0) -> float:
@@ -127,21 +135,25 @@ def check_tensor(
     Subclasses are refused: a subclass can redefine comparisons and so fake a pass.
     """
     if actual is None:
-        raise TestFailure(f"{what} is None: did you forget to `return` it?")
+        raise TestFailure(f"{what} is None: did you forget to `return` it?", "no_result")
     if actual is Ellipsis:
-        raise TestFailure(f"{what} is `...`: the blank is not filled in yet")
+        raise TestFailure(f"{what} is `...`: the blank is not filled in yet", "no_result")
     if type(actual) is not torch.Tensor:
-        raise TestFailure(f"{what} should be a torch.Tensor, got {type(actual).__name__}")
+        raise TestFailure(
+            f"{what} should be a torch.Tensor, got {type(actual).__name__}", "wrong_type"
+        )
     if shape is not None and tuple(actual.shape) != tuple(shape):
         raise TestFailure(
-            f"{what} has shape {_fmt_shape(actual.shape)}, expected {_fmt_shape(shape)}"
+            f"{what} has shape {_fmt_shape(actual.shape)}, expected {_fmt_shape(shape)}",
+            "wrong_shape",
         )
     if dtype is not None and actual.dtype != dtype:
-        raise TestFailure(f"{what} has dtype {actual.dtype}, expected {dtype}")
+        raise TestFailure(f"{what} has dtype {actual.dtype}, expected {dtype}", "wrong_dtype")
     if device is not None and actual.device.type != torch.device(device).type:
         raise TestFailure(
             f"{what} is on device '{actual.device.type}', expected '{torch.device(device).type}'"
-            " (keep the device of the inputs)"
+            " (keep the device of the inputs)",
+            "wrong_device",
         )
     return actual
 
@@ -176,11 +188,11 @@ def assert_close(
     )
     if actual.is_complex() != expected.is_complex():
         kind = "complex" if expected.is_complex() else "real"
-        raise TestFailure(f"{what} should be {kind}, got dtype {actual.dtype}")
+        raise TestFailure(f"{what} should be {kind}, got dtype {actual.dtype}", "wrong_dtype")
     a, e = to64(actual), to64(expected)
     if not bool(torch.isfinite(a).all()):
         bad = int((~torch.isfinite(a)).sum())
-        raise TestFailure(f"{what} contains {bad} NaN or infinite value(s)")
+        raise TestFailure(f"{what} contains {bad} NaN or infinite value(s)", "not_finite")
     tol = rtol if rtol is not None else tolerance(actual.dtype, cond)
     if a.numel() == 0:
         return
@@ -192,7 +204,8 @@ def assert_close(
         where = f" at index {idx}" if idx else ""
         raise TestFailure(
             f"{what} is not accurate enough: relative error {err:.2e}{where}, "
-            f"allowed {tol:.1e} for {actual.dtype}"
+            f"allowed {tol:.1e} for {actual.dtype}",
+            "wrong_value",
         )
 
 
@@ -202,17 +215,19 @@ def assert_scalar_close(
     """Compare a Python number (or 0-d tensor) with a reference value."""
     if isinstance(actual, torch.Tensor):
         if type(actual) is not torch.Tensor or actual.numel() != 1:
-            raise TestFailure(f"{what} should be a single number")
+            raise TestFailure(f"{what} should be a single number", "wrong_type")
         actual = actual.item()
     if actual is None or actual is Ellipsis:
-        raise TestFailure(f"{what} is missing: fill in the blank and `return` it")
+        raise TestFailure(f"{what} is missing: fill in the blank and `return` it", "no_result")
     if isinstance(actual, bool) or not isinstance(actual, (int, float)):
-        raise TestFailure(f"{what} should be a number, got {type(actual).__name__}")
+        raise TestFailure(f"{what} should be a number, got {type(actual).__name__}", "wrong_type")
     if not math.isfinite(actual):
-        raise TestFailure(f"{what} is {actual}")
+        raise TestFailure(f"{what} is {actual}", "not_finite")
     err = abs(float(actual) - float(expected)) / max(abs(float(expected)), 1e-300)
     if not err <= rtol:
-        raise TestFailure(f"{what} is off by a relative error of {err:.2e} (allowed {rtol:.1e})")
+        raise TestFailure(
+            f"{what} is off by a relative error of {err:.2e} (allowed {rtol:.1e})", "wrong_value"
+        )
 
 
 # --- autograd helpers ------------------------------------------------------------------------------
@@ -337,7 +352,7 @@ def source_of(obj: Any) -> str:
         src = _class_source_from_methods(obj)
         if src is not None:
             return src
-    raise TestFailure(f"cannot read the source of {getattr(obj, '__name__', obj)!r}")
+    raise TestFailure(f"cannot read the source of {getattr(obj, '__name__', obj)!r}", "not_defined")
 
 
 def _class_source_from_methods(cls: type) -> str | None:

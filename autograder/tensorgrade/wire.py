@@ -7,10 +7,12 @@ as plain ``torch.Tensor`` objects by the receiver's own torch. Anything else can
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +40,18 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 class WireError(ValueError):
     """A message that is malformed, too large, or holds something that is not plain data."""
+
+
+@dataclass(frozen=True)
+class RemoteFunction:
+    """A function that stays with the judge, sent as an opaque handle: ``{"__remote__": token}``.
+
+    The sandbox can only ask the judge to evaluate it (``protocol.Eval``); its parameters never
+    cross the boundary, and the judge counts every evaluation itself.
+    """
+
+    token: int
+    name: str
 
 
 class _Encoder:
@@ -72,6 +86,8 @@ class _Encoder:
             if not all(isinstance(k, str) for k in x):
                 raise WireError("dict keys must be strings")
             return {"__dict__": [[k, self.enc(v, depth + 1)] for k, v in x.items()]}
+        if isinstance(x, RemoteFunction):
+            return {"__remote__": x.token, "name": x.name}
         if self.portable_type is not None and isinstance(x, self.portable_type):
             self.portables.append(x)
             return {
@@ -124,11 +140,31 @@ def encode(header: dict, portable_type: type | None = None) -> tuple[bytes, list
 
 
 class Decoder:
-    def __init__(self, blob: bytes, device_map: dict[str, str] | None = None, portable=None):
+    """Rebuilds a value from its JSON form and the blob of tensor bytes, refusing anything odd.
+
+    Every tensor owns its own byte range of the blob: ranges may not overlap (else a small answer
+    could name the same bytes a thousand times and make the receiver allocate a thousand copies),
+    so what is decoded never exceeds the blob's length, nor ``max_bytes`` where given.
+    """
+
+    def __init__(
+        self,
+        blob: bytes,
+        device_map: dict[str, str] | None = None,
+        portable=None,
+        *,
+        remote=None,
+        max_bytes: int | None = None,
+    ):
         self.blob = blob
         self.device_map = device_map or {}
         self.portable = portable  # callable(name, params, id) -> object, or None (refuse)
+        self.remote = remote  # callable(token, name) -> object, or None (refuse)
+        self.max_bytes = len(blob) if max_bytes is None else min(max_bytes, len(blob))
         self.elements = 0
+        self.decoded = 0  # tensor bytes rebuilt so far
+        self._starts: list[int] = []  # sorted starts of the byte ranges taken so far
+        self._ends: dict[int, int] = {}
 
     def dec(self, x: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
@@ -139,6 +175,8 @@ class Decoder:
             raise WireError("malformed value")
         key = next(iter(x))
         val = x[key]
+        if len(x) != 1 and key not in ("__portable__", "__remote__"):
+            raise WireError("malformed value")
         if key == "__tensor__":
             return self.tensor(val)
         if key == "__tuple__":
@@ -157,30 +195,44 @@ class Decoder:
                 raise WireError("malformed float")
             return float(val)
         if key == "__bigint__":
-            if not (isinstance(val, str) and len(val) < 400):
+            if not (isinstance(val, str) and 0 < len(val) < 400):
                 raise WireError("malformed integer")
-            return int(val)
+            try:
+                return int(val)
+            except ValueError:
+                raise WireError("malformed integer") from None
         if key == "__dtype__":
-            if val not in DTYPES:
-                raise WireError(f"dtype {val!r} is not allowed")
+            if not isinstance(val, str) or val not in DTYPES:
+                raise WireError("a dtype that is not allowed")
             return DTYPES[val]
         if key == "__device__":
             if not isinstance(val, str) or len(val) > 20:
                 raise WireError("malformed device")
-            return torch.device(val)
+            try:
+                return torch.device(val)
+            except (RuntimeError, ValueError):
+                raise WireError("malformed device") from None
         if key == "__portable__" and self.portable is not None:
             params = self.dec(x.get("params"), depth + 1)
             return self.portable(val, params, x.get("id"))
-        raise WireError(f"unknown value kind {key!r}")
+        if key == "__remote__" and self.remote is not None:
+            name = x.get("name")
+            if not (isinstance(val, int) and isinstance(name, str) and len(x) == 2):
+                raise WireError("malformed remote function")
+            return self.remote(val, name)
+        raise WireError("an unknown kind of value")
 
     def tensor(self, spec: Any) -> torch.Tensor:
         if not isinstance(spec, dict):
             raise WireError("malformed tensor")
-        dtype = DTYPES.get(spec.get("dtype"))
+        name = spec.get("dtype")
+        dtype = DTYPES.get(name) if isinstance(name, str) else None
         shape, off, n = spec.get("shape"), spec.get("offset"), spec.get("nbytes")
         if dtype is None:
-            raise WireError(f"tensor dtype {spec.get('dtype')!r} is not allowed")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            raise WireError("a tensor dtype that is not allowed")
+        if not (
+            isinstance(shape, list) and all(isinstance(s, int) and 0 <= s < 2**48 for s in shape)
+        ):
             raise WireError("malformed tensor shape")
         if len(shape) > 16 or not (isinstance(off, int) and isinstance(n, int)):
             raise WireError("malformed tensor")
@@ -188,14 +240,37 @@ class Decoder:
         itemsize = torch.empty((), dtype=dtype).element_size()
         if numel * itemsize != n or off < 0 or off + n > len(self.blob):
             raise WireError("tensor bytes do not match its shape")
+        self._take(off, n)
         self.elements += numel
         if numel == 0:
-            t = torch.empty(shape, dtype=dtype)
-        else:
-            raw = bytearray(self.blob[off : off + n])
-            t = torch.frombuffer(raw, dtype=dtype).reshape(shape).clone()
+            try:
+                t = torch.empty(shape, dtype=dtype)
+            except RuntimeError:
+                raise WireError("malformed tensor shape") from None
+        else:  # the tensor owns its copy of its bytes (one copy, never shared)
+            t = torch.frombuffer(bytearray(self.blob[off : off + n]), dtype=dtype).reshape(shape)
         device = self.device_map.get(spec.get("device"), "cpu")
-        return t.to(device) if device != "cpu" else t
+        if device == "cpu":
+            return t
+        try:
+            return t.to(device)
+        except RuntimeError:  # e.g. a CUDA tensor where this process has no GPU
+            raise WireError(f"no {device} device here") from None
+
+    def _take(self, off: int, n: int) -> None:
+        """Claim bytes [off, off + n) of the blob for one tensor: no overlap, bounded total."""
+        if n == 0:
+            return
+        i = bisect.bisect_right(self._starts, off)
+        if i > 0 and self._ends[self._starts[i - 1]] > off:
+            raise WireError("tensors share bytes")
+        if i < len(self._starts) and self._starts[i] < off + n:
+            raise WireError("tensors share bytes")
+        if self.decoded + n > self.max_bytes:
+            raise WireError("the tensors are larger than the message allows")
+        self._starts.insert(i, off)
+        self._ends[off] = off + n
+        self.decoded += n
 
 
 def _list(v: Any) -> list:
@@ -227,7 +302,10 @@ def split_frame(read: Any) -> tuple[dict, bytes]:
     hlen, blen = struct.unpack(">QQ", read(16))
     if hlen > MAX_HEADER or blen > MAX_BLOB:
         raise WireError("message too large")
-    header = json.loads(read(hlen))
+    try:
+        header = json.loads(read(hlen))
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number too long, too deep
+        raise WireError("malformed message") from None
     if not isinstance(header, dict):
         raise WireError("malformed message")
     return header, read(blen)

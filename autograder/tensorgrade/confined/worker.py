@@ -66,7 +66,10 @@ def _error_text(e: BaseException) -> str:
 
 
 def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> None:
-    """Answer the judge's requests until it says exit (or closes the pipe)."""
+    """Answer the judge's requests until it says exit (or closes the pipe).
+
+    Every answer is one of ``protocol``'s sandbox messages and repeats its request's ``id``.
+    """
     import torch  # noqa: F401  (imported before any student code, like a kernel would)
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
@@ -79,22 +82,24 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
     shell = InteractiveShell.instance(config=c)
     shell.colors = "nocolor"
     ns = shell.user_ns
+    judge = _Judge(req_fd, resp_fd)
 
     def send(header: dict) -> None:
         try:
             data, _ = wire.encode(header)
-        except wire.WireError as e:
-            data, _ = wire.encode({"ok": False, "error": str(e)})
-        wire.write_all(resp_fd, data)
+        except Exception as e:  # noqa: BLE001 - what the student's code returned is not data
+            error = str(e) if isinstance(e, wire.WireError) else _error_text(e)
+            data, _ = wire.encode(
+                {"op": "error", "id": header.get("id"), "kind": "not_data", "error": error}
+            )
+        judge.write(data)
 
     send({"op": "ready", "isolation": asdict(isolation)})
 
     def rebuild(name: str, params: dict, pid: int):
-        if name not in REGISTRY:
+        if name not in REGISTRY or not isinstance(params, dict):
             raise wire.WireError(f"unknown portable function {name}")
-        p = Portable(name, **params)
-        portables[pid] = p
-        return p
+        return Portable(name, **params)
 
     def resolve(path: str):
         parts = path.split(".")
@@ -105,10 +110,11 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
 
     while True:
         try:
-            header, blob = wire.split_frame(lambda n: wire.read_exact(req_fd, n))
+            header, blob = judge.read()
         except EOFError:
             return
-        op = header.get("op")
+        op, rid = header.get("op"), header.get("id")
+        judge.request_id = rid
         if op == "exit":
             return
         if op == "run":
@@ -119,6 +125,8 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
             err = res.error_before_exec or res.error_in_exec
             send(
                 {
+                    "op": "ran",
+                    "id": rid,
                     "ok": err is None,
                     "error": _error_text(err) if err else "",
                     "stdout": out.text(),
@@ -129,22 +137,27 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
         if op == "put":
             try:
                 _put_files(header, blob)
-                send({"ok": True})
+                send({"op": "done", "id": rid, "ok": True})
             except (OSError, ValueError) as e:
-                send({"ok": False, "error": _error_text(e)})
+                send({"op": "done", "id": rid, "ok": False, "error": _error_text(e)})
             continue
         if op == "names":
             found = {}
             for n in header["names"]:
                 if n in ns:
-                    found[n] = callable(ns[n])
-            send({"ok": True, "names": found})
+                    found[n] = bool(callable(ns[n]))
+            send({"op": "names", "id": rid, "names": found})
             continue
-        portables: dict[int, Portable] = {}
         try:
-            dec = wire.Decoder(blob, {"cpu": "cpu", "cuda": "cuda"}, rebuild)
+            dec = wire.Decoder(
+                blob, {"cpu": "cpu", "cuda": "cuda"}, rebuild, remote=judge.remote_function
+            )
             args = dec.dec(header["value"])
             fn = resolve(header["path"])
+        except Exception as e:  # noqa: BLE001 - a name that is gone, an input this side refuses
+            send({"op": "error", "id": rid, "kind": "bad_request", "error": _error_text(e)})
+            continue
+        try:
             sink = _Capped(0)
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 if op == "call":
@@ -155,13 +168,146 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
                     value = testing.jvp(fn, args["primals"], args["tangents"])
                 else:
                     raise ValueError(f"unknown request {op!r}")
-            calls = {str(k): p.calls for k, p in portables.items()}
-            send({"ok": True, "value": value, "portable_calls": calls})
         except BaseException as e:  # noqa: BLE001 - every student failure becomes an answer
             if isinstance(e, (SystemExit, KeyboardInterrupt)):
-                send({"ok": False, "error": f"{type(e).__name__} raised"})
+                error = f"{type(e).__name__} raised"
             else:
-                send({"ok": False, "error": _error_text(e)})
+                error = _error_text(e)
+            send({"op": "error", "id": rid, "kind": "raised", "error": error})
+            continue
+        send({"op": "value", "id": rid, "value": value})
+
+
+class _Judge:
+    """The two pipes to the judge, and the remote functions it lent for the current request.
+
+    A remote function (``wire.RemoteFunction``) is evaluated by the judge, which keeps its
+    parameters and counts its calls: calling one here sends an ``eval`` message and waits for the
+    judge's ``evaluated`` answer. Autograd and ``torch.func`` (vjp, jvp, vmap, grad, hessian...)
+    reach the judge through ``_remote_op``, as derivatives of the function the judge evaluates.
+    """
+
+    def __init__(self, req_fd: int, resp_fd: int):
+        import threading
+
+        self.req_fd, self.resp_fd = req_fd, resp_fd
+        self.request_id = None
+        self.lock = threading.Lock()
+        self.op = _remote_op(self)
+
+    def write(self, data: bytes) -> None:
+        from .. import wire
+
+        wire.write_all(self.resp_fd, data)
+
+    def read(self) -> tuple[dict, bytes]:
+        from .. import wire
+
+        return wire.split_frame(lambda n: wire.read_exact(self.req_fd, n))
+
+    def remote_function(self, token: int, name: str):
+        return _RemoteFunction(self, token, name)
+
+    def evaluate(self, token: int, spec: list, inputs: tuple) -> tuple:
+        """Ask the judge for ``spec`` of function ``token`` at ``inputs``: a tuple of tensors."""
+        from .. import wire
+
+        msg = {"op": "eval", "id": self.request_id, "token": token, "spec": spec}
+        msg["value"] = [None if x is None else _plain(x) for x in inputs]
+        with self.lock:
+            data, _ = wire.encode(msg)
+            self.write(data)
+            header, blob = self.read()
+        if header.get("op") != "evaluated" or header.get("id") != self.request_id:
+            raise RuntimeError("the grader did not answer the evaluation")
+        if not header.get("ok"):
+            raise RuntimeError(str(header.get("error", "the function could not be evaluated")))
+        out = wire.Decoder(blob, {"cpu": "cpu", "cuda": "cuda"}).dec(header.get("value"))
+        if not isinstance(out, tuple):
+            raise RuntimeError("the grader's answer is not a tuple")
+        return out
+
+
+def _plain(x):
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"a function of the grader takes tensors, not {type(x).__name__}")
+    legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    if legacy is not None and legacy(x):
+        raise RuntimeError(
+            "a function the grader lends cannot be batched by torch.autograd.functional's "
+            "vectorize=True: use torch.func (jacrev, jacfwd, vmap) instead"
+        )
+    return torch.Tensor.detach(x)
+
+
+class _RemoteFunction:
+    """The sandbox's side of a function the judge lent: callable on tensors, differentiable."""
+
+    def __init__(self, judge: _Judge, token: int, name: str):
+        self._judge, self._token, self.name = judge, token, name
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{self.name} takes tensors as positional arguments only")
+        for x in args:
+            _plain(x)
+        out = self._judge.op.apply((self._token, ("f",)), *args)
+        return out[0] if len(out) == 1 else out
+
+    def __repr__(self) -> str:
+        return f"Portable({self.name!r})"
+
+
+def _remote_op(judge: _Judge):
+    """An autograd.Function whose forward, backward, jvp and vmap rule are evaluations by the
+    judge. Its first argument is ``(token, spec)``; ``spec`` grows as derivatives and batching
+    are taken (``("vjp", spec, n)``, ``("jvp", spec, n)``, ``("vmap", spec, dims)``; see
+    ``protocol.parse_spec``), so whatever torch composes, the judge computes with its own torch."""
+    import torch
+
+    def as_list(spec: tuple) -> list:
+        if spec[0] == "f":
+            return ["f"]
+        arg = list(spec[2]) if spec[0] == "vmap" else spec[2]
+        return [spec[0], as_list(spec[1]), arg]
+
+    class Remote(torch.autograd.Function):
+        @staticmethod
+        def forward(what, *xs):
+            token, spec = what
+            return judge.evaluate(token, as_list(spec), xs)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            what, *xs = inputs
+            ctx.what, ctx.n_in = what, len(xs)
+            ctx.save_for_backward(*xs)
+            ctx.save_for_forward(*xs)
+
+        @staticmethod
+        def backward(ctx, *grads):  # grads of unused outputs arrive as zeros (materialised)
+            token, spec = ctx.what
+            res = Remote.apply((token, ("vjp", spec, ctx.n_in)), *ctx.saved_tensors, *grads)
+            return (None, *res)
+
+        @staticmethod
+        def jvp(ctx, _what_tangent, *tangents):
+            token, spec = ctx.what
+            xs = ctx.saved_tensors
+            ts = [
+                torch.zeros_like(x) if t is None else t for x, t in zip(xs, tangents, strict=True)
+            ]
+            return Remote.apply((token, ("jvp", spec, ctx.n_in)), *xs, *ts)
+
+        @staticmethod
+        def vmap(info, in_dims, what, *xs):
+            token, spec = what
+            out = Remote.apply((token, ("vmap", spec, tuple(in_dims[1:]))), *xs)
+            return out, tuple(0 for _ in out)
+
+    return Remote
 
 
 def _put_files(header: dict, blob: bytes) -> None:

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import base64
 import inspect
+import itertools
 import os
 import pwd
 import re
+import secrets
+import select
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import protocol, wire
 from ..protocol import LAYERS, weakest
-from ..results import SubmissionResult, TestResult, not_run
+from ..results import (
+    CHECK_FAILED,
+    CRASHED,
+    FAILURES,
+    NOT_DEFINED,
+    NOT_RUN,
+    TIMED_OUT,
+    WRONG_TYPE,
+    SubmissionResult,
+    TestResult,
+    not_run,
+)
 from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
-from .proxy import Proxy, StudentError
+from ..testing import TestFailure
+from .proxy import Proxy, SandboxGone, StudentError, evaluation
 from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, Zygote
 from .source import definition_source
 
@@ -39,42 +55,141 @@ def strip_otter(source: str) -> str:
 
 @dataclass
 class Session:
-    """One submission's sandbox, restartable: a crash replays the cells that ran fine."""
+    """One submission's sandbox, restartable: a crash replays the cells that ran fine.
+
+    Every wait is bounded by its own limit and by the time left to the submission (``deadline``,
+    a ``time.monotonic()`` value), so a submission ends close to its deadline whatever its code
+    does. A sandbox that crashes, times out or sends anything but the answer expected is killed
+    at once (``give_up``); the next test starts a fresh one (``restart``).
+    """
 
     limits: Limits
     files_from: Path | None
     slot: int
     cells: list[str]
+    deadline: float = float("inf")
     sandbox: Sandbox | None = None
     isolation: list[dict] = field(default_factory=list)  # what held, one record per sandbox
     uids: list[int] = field(default_factory=list)
     good_cells: list[str] = field(default_factory=list)
-    restart_needed: str = ""
+    broken: str = ""  # why the last sandbox was given up ("" while it is usable)
     restarts: int = 0
     gpu_released: list[bool | None] = field(default_factory=list)  # one per sandbox closed
+    _tokens: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def start(self) -> None:
-        self.sandbox = Sandbox(self.slot, self.limits, self.files_from)
+        left = self.left()
+        if left <= 0:
+            raise SandboxGone(TIMED_OUT, "the submission ran out of time")
+        limits = replace(
+            self.limits, startup_timeout=max(0.1, min(self.limits.startup_timeout, left))
+        )
+        self.sandbox = Sandbox(self.slot, limits, self.files_from)
         try:
             self.sandbox.start()
+        except SandboxTimeout:
+            self.close()
+            raise SandboxGone(TIMED_OUT, "the sandbox did not start in time") from None
+        except (SandboxDied, wire.WireError, protocol.ProtocolError) as e:
+            self.close()
+            raise SandboxGone(CRASHED, f"the sandbox could not start: {e}") from None
         except BaseException:
-            self.sandbox.close()
-            self.sandbox = None
+            self.close()
             raise
+        os.set_blocking(self.sandbox.req_w, False)  # _send waits with a deadline, never blocks
+        self.broken = ""
         iso = self.sandbox.isolation
         self.isolation.append(iso.record())
         if iso.uid:
             self.uids.append(iso.sandbox_uid)
 
-    def restart(self, deadline: float) -> None:
-        self.restarts += 1
+    def restart(self) -> None:
+        """A fresh sandbox with the good cells replayed, within the deadline. A cell that fails
+        when replayed (it crashes or hangs this time) is left out, and the replay starts over."""
+        while True:
+            self.close()
+            self.restarts += 1
+            self.start()
+            for k, src in enumerate(self.good_cells):
+                try:
+                    self.ask(
+                        {"op": "run", "source": src}, self.limits.cell_timeout, (protocol.Ran,)
+                    )
+                except SandboxGone:
+                    if self.left() <= 0:
+                        raise
+                    del self.good_cells[k]
+                    break
+            else:
+                return
+
+    def ask(
+        self,
+        request: dict,
+        limit: float,
+        expect: tuple[type, ...],
+        *,
+        lent: dict | None = None,
+        portable_type: type | None = None,
+    ) -> tuple[object, bytes]:
+        """Send one request; its answer, validated, and its tensor bytes.
+
+        Waits at most ``limit`` seconds and never past the deadline. While it waits, the
+        sandbox may ask to evaluate functions ``lent`` to it (``protocol.Eval``); the answer
+        must repeat the request's random id and be one of ``expect``. Anything else ends the
+        sandbox: ``SandboxGone`` says why, in the judge's words.
+        """
+        if self.sandbox is None:
+            raise SandboxGone(CRASHED, self.broken or "the sandbox is gone")
+        left = self.left()
+        if left <= 0:
+            raise SandboxGone(TIMED_OUT, "the submission ran out of time")
+        limit = min(limit, left)
+        until = time.monotonic() + limit
+        rid = secrets.randbits(62)
+        sandbox = self.sandbox
+        try:
+            data, _ = wire.encode({**request, "id": rid}, portable_type)
+        except wire.WireError as e:  # the test's own inputs: not the student's doing
+            raise TypeError(f"a test input cannot be sent: {e}") from None
+        try:
+            _send(sandbox, data, until)
+            while True:
+                header, blob = sandbox.receive(until - time.monotonic())
+                msg = protocol.parse_answer(header)
+                if getattr(msg, "id", None) != rid:
+                    raise protocol.ProtocolError("an answer to another request")
+                if not isinstance(msg, protocol.Eval):
+                    break
+                reply, _ = wire.encode(evaluation(msg, blob, lent))
+                _send(sandbox, reply, until)
+        except SandboxTimeout:
+            self.give_up(f"no answer within {limit:g} s")
+            raise SandboxGone(TIMED_OUT, f"did not finish within {limit:g} s") from None
+        except SandboxDied as e:
+            self.give_up(str(e))
+            raise SandboxGone(CRASHED, str(e)) from None
+        except (wire.WireError, protocol.ProtocolError) as e:
+            self.give_up(f"a malformed answer ({e})")
+            raise SandboxGone(CRASHED, f"it sent a malformed answer ({e})", True) from None
+        except BaseException:  # the judge's own failure mid-exchange: the two are out of step
+            self.give_up("the exchange was interrupted")
+            raise
+        if not isinstance(msg, expect):
+            self.give_up("an unexpected answer")
+            raise SandboxGone(CRASHED, "it sent an answer to another question", True)
+        return msg, blob
+
+    def give_up(self, why: str) -> None:
+        """Kill the sandbox now: it cannot be trusted to answer the next request in step."""
         self.close()
-        self.start()
-        for src in self.good_cells:
-            self.sandbox.request(
-                {"op": "run", "source": src}, max(1.0, deadline - time.monotonic())
-            )
-        self.restart_needed = ""
+        self.broken = why
+
+    def new_token(self) -> int:
+        return next(self._tokens)
 
     def close(self) -> None:
         if self.sandbox is not None:
@@ -86,22 +201,31 @@ class Session:
         return definition_source(self.cells, name)
 
 
+def _send(sandbox: Sandbox, data: bytes, until: float) -> None:
+    """Write a request to the sandbox without waiting past ``until``: a sandbox that stops
+    reading (its code holds the interpreter) must not stall the judge on a full pipe."""
+    view = memoryview(data)
+    while view:
+        left = until - time.monotonic()
+        if left <= 0:
+            raise SandboxTimeout("the sandbox stopped reading")
+        _, ready, _ = select.select([], [sandbox.req_w], [], left)
+        if not ready:
+            continue
+        try:
+            view = view[os.write(sandbox.req_w, view) :]
+        except BlockingIOError:
+            continue
+        except OSError:  # the sandbox closed its end: it is dead
+            raise SandboxDied(sandbox._death()) from None
+
+
 def _wrong_assignment(nb: dict, assignment_id: str) -> str | None:
     for cell in nb["cells"][:5]:
         m = re.search(r'otter\.Notebook\("([\w.-]+)\.ipynb"\)', cell_source(cell))
         if m and m.group(1) != assignment_id:
             return m.group(1)
     return None
-
-
-def _feedback(e: BaseException, hidden: bool) -> str:
-    if isinstance(e, StudentError) and hidden:
-        return e.brief[:1500]
-    if isinstance(e, (AssertionError, StudentError)):
-        msg = str(e).strip() or "the check failed"
-    else:
-        msg = f"{type(e).__name__}: {e}"
-    return msg[:1500]
 
 
 def grade(
@@ -128,25 +252,20 @@ def grade(
         return _ungradable(result, specs, str(e), start)
 
     cells = [strip_otter(cell_source(c)) for c in nb["cells"] if c.get("cell_type") == "code"]
-    deadline = start + limits.submission_timeout
-    session = Session(limits, files_from, slot, cells)
+    session = Session(limits, files_from, slot, cells, deadline=start + limits.submission_timeout)
     notes: list[str] = []
     stdout: list[str] = []
     figures: list[dict] = []
     try:
         try:
             session.start()
-        except (SandboxDied, SandboxTimeout) as e:
-            return _ungradable(result, specs, f"the sandbox could not start: {e}", start)
+        except SandboxGone as e:
+            return _ungradable(result, specs, e.detail, start)
         _warn_if_reduced(session.isolation[0])
         result.timings["startup"] = round(time.monotonic() - start, 3)
-        _run_cells(session, deadline, notes, stdout, figures)
+        _run_cells(session, notes, stdout, figures)
         result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
-        _run_tests(session, specs, deadline, result.tests)
-    except (SandboxDied, SandboxTimeout) as e:
-        done = {(t.question, t.name) for t in result.tests}
-        why = f"not run: the sandbox failed ({e})"
-        result.tests += [not_run(s, why) for s in specs if (s.question, s.name) not in done]
+        result.tests = _run_tests(session, specs)
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead
     result.sandbox_uids = sorted(set(session.uids))
@@ -224,40 +343,53 @@ def _ungradable(
     return result
 
 
-def _run_cells(
-    session: Session, deadline: float, notes: list[str], stdout: list[str], figures: list[dict]
-) -> None:
-    """Run the student's cells; a cell that hangs or kills the process is skipped, not fatal."""
+def _run_cells(session: Session, notes: list[str], stdout: list[str], figures: list[dict]) -> None:
+    """Run the student's cells; a cell that hangs or kills the process is skipped, not fatal.
+
+    Only what happens here is shown to the student as it is (printed output, figures, errors):
+    no hidden input has reached the sandbox yet.
+    """
     limits = session.limits
     for i, src in enumerate(session.cells, start=1):
         if not src:
             continue
-        left = deadline - time.monotonic()
+        left = session.left()
         if left <= 0:
             notes.append(
                 f"the submission ran out of time ({limits.submission_timeout:g} s) at cell {i}"
             )
             return
-        timeout = min(limits.cell_timeout, left)
+        if session.sandbox is None:
+            try:
+                session.restart()
+            except SandboxGone as e:
+                if session.left() > 0:
+                    notes.append(f"the sandbox could not be restarted at cell {i} ({e.detail})")
+                else:
+                    notes.append(
+                        f"the submission ran out of time ({limits.submission_timeout:g} s) "
+                        f"at cell {i}"
+                    )
+                return
         try:
-            header, _, _ = session.sandbox.request({"op": "run", "source": src}, timeout)
-        except SandboxTimeout:
-            notes.append(f"cell {i} did not finish within {timeout:g} s")
-            session.restart(deadline)
+            msg, _ = session.ask({"op": "run", "source": src}, limits.cell_timeout, (protocol.Ran,))
+        except SandboxGone as e:
+            if e.failure == TIMED_OUT:
+                notes.append(f"cell {i} {e.detail}")
+            elif e.malformed:
+                notes.append(f"cell {i} broke the sandbox: {e.detail}")
+            else:
+                notes.append(f"cell {i} ended the process ({e.detail})")
             continue
-        except SandboxDied as e:
-            notes.append(f"cell {i} ended the process ({e})")
-            session.restart(deadline)
-            continue
-        if sum(map(len, stdout)) < _STDOUT_TOTAL and header.get("stdout"):
-            stdout.append(f"[cell {i}]\n{header['stdout']}")
-        for png in _checked_figures(header.get("figures"), _MAX_FIGURES - len(figures)):
+        if sum(map(len, stdout)) < _STDOUT_TOTAL and msg.stdout:
+            stdout.append(f"[cell {i}]\n{msg.stdout}")
+        for png in _checked_figures(msg.figures, _MAX_FIGURES - len(figures)):
             if sum(len(f["png"]) for f in figures) + len(png) <= _FIGURES_TOTAL:
                 figures.append({"cell": i, "png": png})
-        if header.get("ok"):
+        if msg.ok:
             session.good_cells.append(src)
         else:
-            notes.append(f"cell {i} raised {str(header.get('error', ''))[:300]}")
+            notes.append(f"cell {i} raised {msg.error[:300]}")
 
 
 def _checked_figures(value: object, room: int) -> list[str]:
@@ -277,33 +409,78 @@ def _checked_figures(value: object, room: int) -> list[str]:
     return good
 
 
-def _run_tests(
-    session: Session, specs: list[TestSpec], deadline: float, out: list[TestResult]
-) -> None:
-    """Call every test function here, with proxies for the names the sandbox defines."""
-    limits = session.limits
+def _run_tests(session: Session, specs: list[TestSpec]) -> list[TestResult]:
+    """Call every test function here, with proxies for the names the sandbox defines.
+
+    Every public test of every question runs first, then the hidden ones: so all the text a
+    student sees (public feedback) is made before the first hidden input reaches the sandbox.
+    A failed hidden test says only its class of failure, in a fixed sentence. Results come back
+    in the order of ``specs``.
+    """
     names = sorted({p for s in specs for p in inspect.signature(s.func).parameters})
-    header, _, _ = session.sandbox.request({"op": "names", "names": names}, limits.call_timeout)
-    present = header.get("names", {}) if isinstance(header.get("names"), dict) else {}
-    for s in specs:
-        if session.restart_needed and session.restarts >= limits.max_restarts:
-            out.append(
-                not_run(s, f"not run: your code ended the sandbox {session.restarts + 1} times")
-            )
+    present: dict[str, bool] | None = None
+    out: dict[int, TestResult] = {}
+    order = [i for i, s in enumerate(specs) if not s.hidden]
+    order += [i for i, s in enumerate(specs) if s.hidden]
+    for i in order:
+        s = specs[i]
+        failure, text = _prepare(session)
+        if not failure and present is None:
+            try:
+                msg, _ = session.ask(
+                    {"op": "names", "names": names}, session.limits.call_timeout, (protocol.Names,)
+                )
+                present = {k: v for k, v in msg.names.items() if k in names}
+            except SandboxGone as e:
+                failure, text = e.failure, f"not run: the sandbox failed ({e.detail})"
+        if failure:
+            out[i] = not_run(s, FAILURES[failure] if s.hidden else text, failure)
             continue
-        if session.restart_needed:
-            session.restart(deadline)
-        if time.monotonic() > deadline:
-            out.append(not_run(s, "not run: the submission ran out of time"))
-            continue
-        kwargs = {
-            p: (Proxy(session, p) if p in present else None)
-            for p in inspect.signature(s.func).parameters
-        }
+        out[i] = _run_test(session, s, present)
+    return [out[i] for i in range(len(specs))]
+
+
+def _prepare(session: Session) -> tuple[str, str]:
+    """("", "") when a sandbox is ready for the next test, else (failure class, why)."""
+    limits = session.limits
+    if session.left() <= 0:
+        return NOT_RUN, "not run: the submission ran out of time"
+    if session.sandbox is not None:
+        return "", ""
+    if session.restarts >= limits.max_restarts:
+        return NOT_RUN, f"not run: your code ended the sandbox {session.restarts + 1} times"
+    try:
+        session.restart()
+    except SandboxGone as e:
+        if session.left() <= 0:
+            return NOT_RUN, "not run: the submission ran out of time"
+        return NOT_RUN, f"not run: the sandbox could not be restarted ({e.detail})"
+    return "", ""
+
+
+def _run_test(session: Session, s: TestSpec, present: dict[str, bool]) -> TestResult:
+    params = list(inspect.signature(s.func).parameters)
+    missing = [p for p in params if p not in present]
+    if missing:
+        failure, text = NOT_DEFINED, f"your notebook does not define {', '.join(missing)}"
+    else:
         try:
-            s.func(**kwargs)
-            passed, text = True, "passed"
+            s.func(**{p: Proxy(session, p) for p in params})
+            failure, text = "", "passed"
         except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
-            passed, text = False, _feedback(e, s.hidden)
-        score = s.points if passed else 0.0
-        out.append(TestResult(s.question, s.name, score, s.points, passed, text, s.hidden))
+            failure, text = _failure(e)
+    if failure and s.hidden:
+        text = FAILURES[failure]  # nothing the student's code made after seeing hidden inputs
+    score = 0.0 if failure else s.points
+    return TestResult(s.question, s.name, score, s.points, not failure, text, s.hidden, failure)
+
+
+def _failure(e: Exception) -> tuple[str, str]:
+    """(class of failure, the message a public test shows) for an exception a test raised."""
+    if isinstance(e, StudentError):
+        return e.failure, str(e)
+    if isinstance(e, TestFailure):
+        return (e.kind if e.kind in FAILURES else CHECK_FAILED), str(e).strip()[:1500]
+    if isinstance(e, AssertionError):
+        return CHECK_FAILED, (str(e).strip() or "the check failed")[:1500]
+    return WRONG_TYPE, f"{type(e).__name__}: {e}"[:1500]

@@ -1,10 +1,11 @@
-"""Spotting timeouts and crashes in a result, from the wording the engines use.
+"""Spotting timeouts and crashes in a result.
 
-The engines do not record incidents as data: they describe them in ``SubmissionResult.reason``
-("cell 7 did not finish within 60 s", "cell 3 ended the process (...)") and in failed tests'
-``output`` ("x did not return within 30 s", "not run: the sandbox failed (...)"). These patterns
-match that wording (judge/engine.py, judge/sandbox.py, judge/proxy.py, otter_engine.py); keep
-them in step when it changes.
+A failed test records its class of failure as data (``TestResult.failure``: ``timed_out``,
+``crashed``...). Cells' incidents are described in ``SubmissionResult.reason`` ("cell 7 did not
+finish within 60 s", "cell 3 ended the process (...)"), and older results (or the otter engine)
+describe tests' incidents only in their ``output`` ("x did not return within 30 s", "not run:
+the sandbox failed (...)"); these patterns match that wording (judge/engine.py,
+judge/sandbox.py, judge/proxy.py, otter_engine.py); keep them in step when it changes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import results as R
 from ..results import SubmissionResult
 
 TIMED_OUT = re.compile(
@@ -39,11 +41,23 @@ def incidents(result: SubmissionResult) -> Incidents:
     timeout, the cause, not as a crash.
     """
     found = Incidents()
-    lines = result.reason.splitlines()
-    lines += [ln for t in result.tests if not t.passed for ln in t.output.splitlines()]
-    for line in lines:
+    lines: list[tuple[str, str]] = [("", ln) for ln in result.reason.splitlines()]
+    for t in result.tests:
+        if t.passed:
+            continue
+        if t.failure:  # recorded as data: no guessing from the wording
+            bucket = {R.TIMED_OUT: "timed_out", R.CRASHED: "crashed"}.get(t.failure, "-")
+            first = (t.output.strip().splitlines() or [""])[0]
+            lines.append((bucket, f"{t.name}: {first}"))
+        else:
+            lines += [("", ln) for ln in t.output.splitlines()]
+    for kind, line in lines:
         line = line.strip()
-        if TIMED_OUT.search(line):
+        if kind == "-":
+            continue
+        if kind:
+            bucket = getattr(found, kind)
+        elif TIMED_OUT.search(line):
             bucket = found.timed_out
         elif CRASHED.search(line):
             bucket = found.crashed

@@ -6,11 +6,13 @@ What a student sees of hidden tests (the policy):
   student notebook already, and their messages are written to teach (they may name expected
   values on purpose).
 * Hidden tests: name, points and pass/fail only. A failed hidden test never shows its message.
-  Instead it shows one label from a fixed list (``FAILURE_KINDS``: "wrong shape", "not accurate
-  enough", "timed out", ...) chosen by looking for keywords in the message. No character of a
-  hidden test's message reaches the page, so whatever an instructor wrote into a hidden test's
-  ``what=`` text or assertion message (an expected value, a hidden input) cannot leak, while the
-  student still learns what kind of mistake to look for. Hidden test code is never in a result.
+  Instead it shows the label of its class of failure, which the grader recorded as data
+  (``TestResult.failure``: "wrong shape", "not accurate enough", "timed out", ...;
+  ``FAILURE_LABELS``). Results written before that field existed get a label from keywords in
+  the message (``FAILURE_KINDS``). No character of a hidden test's message reaches the page, so
+  whatever an instructor wrote into a hidden test's ``what=`` text or assertion message (an
+  expected value, a hidden input) cannot leak, while the student still learns what kind of
+  mistake to look for. Hidden test code is never in a result.
 * ``before_publication=True`` leaves hidden tests out entirely, as Gradescope does with
   ``after_published`` tests until scores are published: the page then shows the public tests
   only, and says that its scores are those of the public tests.
@@ -23,18 +25,37 @@ from __future__ import annotations
 
 import re
 
+from .. import results as R
 from ..results import SubmissionResult, TestResult, _question_key
 from .html import esc, num, page, pass_mark, percent, png_data_uri, score_bar
 from .incidents import CRASHED, TIMED_OUT
 
-# (label shown to the student, pattern searched in a failed hidden test's message), first match
-# wins. Only the label is ever shown.
+OTHER_FAILURE = "failed"
+# The label a failed hidden test shows, by the class of failure the grader recorded.
+FAILURE_LABELS: dict[str, str] = {
+    R.WRONG_VALUE: "not accurate enough",
+    R.NOT_FINITE: "the result contains NaN or infinite values",
+    R.WRONG_SHAPE: "wrong shape",
+    R.WRONG_DTYPE: "wrong dtype",
+    R.WRONG_DEVICE: "wrong device",
+    R.WRONG_TYPE: "wrong type of result",
+    R.NO_RESULT: "nothing was returned",
+    R.CHECK_FAILED: OTHER_FAILURE,
+    R.NOT_DEFINED: "not defined in your notebook",
+    R.RAISED: "your code raised an exception",
+    R.TIMED_OUT: "timed out",
+    R.CRASHED: "your code crashed the process",
+    R.NOT_RUN: "not run",
+}
+
+# For results without a recorded class (older results, the otter engine): (label, pattern
+# searched in the failed hidden test's message), first match wins. Only the label is shown.
 FAILURE_KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("timed out", TIMED_OUT),
     ("your code crashed the process", CRASHED),
     ("not run", re.compile(r"^\s*not run\b", re.I)),
     ("your code raised an exception", re.compile(r"\braised\b")),
-    ("the result contains NaN or infinite values", re.compile(r"NaN|infinite", re.I)),
+    ("the result contains NaN or infinite values", re.compile(r"\b(NaN|infinite)\b", re.I)),
     ("not accurate enough", re.compile(r"not accurate|relative error|off by", re.I)),
     ("wrong dtype", re.compile(r"\bdtype\b|should be (complex|real)")),
     ("wrong device", re.compile(r"\bdevice\b")),
@@ -42,11 +63,18 @@ FAILURE_KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("nothing was returned", re.compile(r"is None|blank is not filled|is missing|`\.\.\.`")),
     ("wrong type of result", re.compile(r"should be a ")),
 ]
-OTHER_FAILURE = "failed"
+
+
+def failure_label(test: TestResult) -> str:
+    """The fixed label that stands in for a failed hidden test's message: from the class of
+    failure the grader recorded, else (an older result) from keywords in the message."""
+    if test.failure:
+        return FAILURE_LABELS.get(test.failure, OTHER_FAILURE)
+    return failure_kind(test.output)
 
 
 def failure_kind(message: str) -> str:
-    """The fixed label that stands in for a failed hidden test's message."""
+    """The fixed label for a failed hidden test's message (results without a failure class)."""
     for label, pattern in FAILURE_KINDS:
         if pattern.search(message or ""):
             return label
@@ -59,7 +87,7 @@ def shown_message(test: TestResult) -> tuple[str, bool]:
         return test.output, False
     if test.passed:
         return "passed", True
-    return failure_kind(test.output), True
+    return failure_label(test), True
 
 
 def visible_tests(result: SubmissionResult, before_publication: bool = False) -> list[TestResult]:
