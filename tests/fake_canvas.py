@@ -11,9 +11,23 @@ Shapes follow Canvas's API documentation (Courses, Assignments, Submissions, Thr
 
 Errors as Canvas sends them: 401 with ``WWW-Authenticate: Bearer realm="canvas-lms"`` and
 ``{"errors":[{"message":"Invalid access token."}]}`` for a wrong token; 404 with
-``{"errors":[{"message":"The specified resource does not exist."}]}``; throttling as 429 (or 403)
-"(Rate Limit Exceeded)" with X-Rate-Limit-Remaining and, if asked, Retry-After; 5xx with
+``{"errors":[{"message":"The specified resource does not exist."}]}``; 5xx with
 ``{"errors":[{"message":"An error occurred."}],"error_report_id":...}``.
+
+Refusals of one student's write, as Canvas answers them: 401 without WWW-Authenticate,
+``{"status":"unauthorized","errors":[{"message":"user not authorized to perform that action"}]}``,
+for a student the assignment is not assigned to (``assigned_to``), and for a moderated assignment
+whose grades are not published yet.
+
+Throttling as Canvas's middleware (app/middleware/request_throttle.rb) answers it: 403, text/plain
+"403 Forbidden (Rate Limit Exceeded)\n", ``X-Rate-Limit-Remaining: 0.0``, no Retry-After (a
+``Fault`` can add one, and can answer 429 instead, as newer docs describe). ``remaining`` puts an
+``X-Rate-Limit-Remaining`` on every other answer.
+
+Grading schemes: an assignment with ``grading_type`` letter_grade or gpa_scale and a scheme reads
+a ``posted_grade`` that is a scheme's grade name ("8" of a 1-10 scheme) as that grade, the score
+one below the next grade's lower bound (GradingStandard#grade_to_score), unless
+``prefer_points_over_scheme`` is true: then "8" is 8 points.
 """
 
 from __future__ import annotations
@@ -28,13 +42,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TEACHER = {"id": 1, "display_name": "Ada Teacher", "avatar_image_url": "", "html_url": ""}
 NOT_FOUND = {"errors": [{"message": "The specified resource does not exist."}]}
+UNAUTHORIZED = {
+    "status": "unauthorized",
+    "errors": [{"message": "user not authorized to perform that action"}],
+}
+# A scheme with numeric grade names, as Dutch and other European courses use: (name, lower bound)
+DUTCH_SCHEME = [
+    ("10", 0.95), ("9", 0.85), ("8", 0.75), ("7", 0.65), ("6", 0.55),
+    ("5", 0.45), ("4", 0.35), ("3", 0.25), ("2", 0.15), ("1", 0.0),
+]  # fmt: skip
 
 
 @dataclass
 class Fault:
     """Answer ``status`` to the next ``times`` matching requests instead of serving them."""
 
-    status: int  # 429, 403 (throttled, as older docs describe), 500, 502, 503
+    status: int  # 403 (throttled, as Canvas does), 429 (as newer docs say), 401, 500, 502, 503
     times: int
     retry_after: str | None = None
     method: str | None = None  # only requests with this method; None: any
@@ -56,6 +79,10 @@ class FakeCanvas:
         self.comments: dict[tuple[int, int, int], list[dict]] = {}
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.forms: list[dict[str, str]] = []  # the form of each PUT, as sent
+        self.remaining: str | None = None  # X-Rate-Limit-Remaining on every answer, if set
+        self.schemes: dict[tuple[int, int], list[tuple[str, float]]] = {}
+        self.assigned_to: dict[tuple[int, int], set[int]] = {}  # only these users, if set
         self.lock = threading.Lock()
         self._ids = iter(range(1000, 10**9))
         self._server: ThreadingHTTPServer | None = None
@@ -73,17 +100,39 @@ class FakeCanvas:
             "is_public": False,
         }
 
-    def add_assignment(self, course_id: int, assignment_id: int, name: str, points: float):
+    def add_assignment(
+        self,
+        course_id: int,
+        assignment_id: int,
+        name: str,
+        points: float,
+        *,
+        grading_type: str = "points",
+        scheme: list[tuple[str, float]] | None = None,
+        moderated: bool = False,
+        grades_published: bool = True,
+        assigned_to: set[int] | None = None,
+    ):
+        """``scheme``: the grading scheme (name, lower bound) shown for ``grading_type``
+        letter_grade or gpa_scale; ``assigned_to``: only these users (differentiated)."""
         self.assignments[(course_id, assignment_id)] = {
             "id": assignment_id,
             "course_id": course_id,
             "name": name,
             "points_possible": points,
-            "grading_type": "points",
+            "grading_type": grading_type,
+            "grading_standard_id": 7 if scheme else None,
+            "moderated_grading": moderated,
+            "grades_published": grades_published,
+            "only_visible_to_overrides": assigned_to is not None,
             "published": True,
             "submission_types": ["online_upload"],
             "html_url": f"http://canvas.test/courses/{course_id}/assignments/{assignment_id}",
         }
+        if scheme:
+            self.schemes[(course_id, assignment_id)] = sorted(scheme, key=lambda g: -g[1])
+        if assigned_to is not None:
+            self.assigned_to[(course_id, assignment_id)] = set(assigned_to)
 
     def add_student(self, course_id: int, user_id: int, name: str, sis_user_id="", login_id=""):
         first, _, last = name.partition(" ")
@@ -169,10 +218,16 @@ class FakeCanvas:
             self.log.append((method, parts.path, status))
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         h.send_response(status)
-        ctype = "text/plain" if isinstance(body, str) else "application/json; charset=utf-8"
+        ctype = (
+            "text/plain; charset=utf-8"
+            if isinstance(body, str)
+            else "application/json; charset=utf-8"
+        )
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(data)))
         h.send_header("X-Request-Cost", "0.01")
+        if self.remaining is not None and "X-Rate-Limit-Remaining" not in headers:
+            h.send_header("X-Rate-Limit-Remaining", self.remaining)
         for k, v in headers.items():
             h.send_header(k, v)
         h.end_headers()
@@ -210,7 +265,9 @@ class FakeCanvas:
             if f.retry_after is not None:
                 headers["Retry-After"] = f.retry_after
             reason = "Forbidden" if f.status == 403 else "Too Many Requests"
-            return f.status, f"{f.status} {reason} (Rate Limit Exceeded)", headers
+            return f.status, f"{f.status} {reason} (Rate Limit Exceeded)\n", headers
+        if f.status == 401:  # as Canvas refuses an action to a user who may not do it
+            return 401, UNAUTHORIZED, {}
         return f.status, {"errors": [{"message": "An error occurred."}], "error_report_id": 42}, {}
 
     def _route(self, method, path, query, form):
@@ -238,9 +295,10 @@ class FakeCanvas:
                     return 404, NOT_FOUND, {}
                 key = (course_id, aid, uid)
                 if method == "PUT":
-                    err = self._update(key, form)
-                    if err:
-                        return 400, {"errors": [{"message": err}]}, {}
+                    self.forms.append({k: v[0] for k, v in form.items()})
+                    status, err = self._update(key, form)
+                    if status != 200:
+                        return status, err, {}
                     return 200, self._submission_json(key, with_comments=True), {}
                 include = query.get("include[]", [])
                 return 200, self._submission_json(key, "submission_comments" in include), {}
@@ -293,18 +351,34 @@ class FakeCanvas:
             out["submission_comments"] = [dict(c) for c in self.comments.get(key, [])]
         return out
 
-    def _update(self, key, form) -> str:
+    def _update(self, key, form) -> tuple[int, dict | None]:
+        assignment = self.assignments[key[:2]]
+        assigned = self.assigned_to.get(key[:2])
+        if assigned is not None and key[2] not in assigned:
+            return 401, UNAUTHORIZED  # not assigned to this student
+        if assignment["moderated_grading"] and not assignment["grades_published"]:
+            return 401, UNAUTHORIZED  # moderated: only the final grader, after publishing
         sub = self._submission(*key)
         posted = form.get("submission[posted_grade]", [None])[0]
         text = form.get("comment[text_comment]", [None])[0]
+        prefer_points = form.get("prefer_points_over_scheme", ["false"])[0].lower()
         if posted is not None:
-            possible = self.assignments[key[:2]]["points_possible"]
+            possible = assignment["points_possible"]
+            scheme = self.schemes.get(key[:2])
+            uses_scheme = assignment["grading_type"] in ("letter_grade", "gpa_scale") and scheme
             try:
-                score = (
-                    float(posted[:-1]) * possible / 100 if posted.endswith("%") else float(posted)
-                )
+                if posted.endswith("%"):
+                    score = float(posted[:-1]) * possible / 100
+                elif (
+                    uses_scheme
+                    and prefer_points not in ("true", "1")
+                    and _in_scheme(scheme, posted)
+                ):
+                    score = possible * _grade_to_score(scheme, posted) / 100
+                else:
+                    score = float(posted)
             except ValueError:
-                return f"invalid grade {posted!r}"
+                return 400, {"errors": [{"message": f"invalid grade {posted!r}"}]}
             sub.update(
                 score=score,
                 grade=_grade_text(score),
@@ -326,7 +400,35 @@ class FakeCanvas:
                     "media_comment": None,
                 }
             )
-        return ""
+        return 200, None
+
+
+def _in_scheme(scheme: list[tuple[str, float]], grade: str) -> bool:
+    return _place(scheme, grade) is not None
+
+
+def _place(scheme: list[tuple[str, float]], grade: str) -> int | None:
+    """GradingStandard#place_in_scheme: a number matches a numeric name by value."""
+    try:
+        value = float(grade)
+    except ValueError:
+        return next((i for i, (n, _) in enumerate(scheme) if n.lower() == grade.lower()), None)
+    return next(
+        (
+            i
+            for i, (n, _) in enumerate(scheme)
+            if re.fullmatch(r"(\d*\.)?\d+", n) and float(n) == value
+        ),
+        None,
+    )
+
+
+def _grade_to_score(scheme: list[tuple[str, float]], grade: str) -> float:
+    """GradingStandard#grade_to_score: the top grade is 100%, any other one below the next
+    grade's lower bound (1 percentage point below, as Canvas does it)."""
+    i = _place(scheme, grade)
+    assert i is not None
+    return 100.0 if i == 0 else scheme[i - 1][1] * 100 - 1
 
 
 def _grade_text(score: float) -> str:

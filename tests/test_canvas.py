@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from email.utils import formatdate
 
@@ -86,10 +87,10 @@ def folder(tmp_path):
 
 
 def push(fake, folder, *extra, roster="roster.csv"):
+    with_roster = ["--roster", str(folder / roster)] if roster else []
     return main(
         ["lms", "canvas", "push", str(folder / "results"), "--course", str(COURSE),
-         "--assignment", str(ASSIGNMENT), "--roster", str(folder / roster), "--url", fake.url,
-         *extra]
+         "--assignment", str(ASSIGNMENT), *with_roster, "--url", fake.url, *extra]
     )  # fmt: skip
 
 
@@ -227,7 +228,7 @@ def test_unmapped_and_unknown_students_are_reported(fake, folder, capsys):
         write_results_json(_result(sub, 2, 3), folder / "results" / sub / "results.json")
     assert push(fake, folder) == 1
     out, err = capsys.readouterr()
-    assert "1 submission(s) have no roster row and are not pushed: zed" in err
+    assert "1 submission(s) have no roster row or student identity and are not pushed: zed" in err
     assert "1 roster row(s) have no result (nothing pushed for them): dave (Dave Diaz)" in err
     assert "not pushed: frank (Frank Fu): no canvas_user_id, sis_user_id or login_id" in err
     assert "FAILED ghost (Ghost) [user 999]: user 999 not found in course 1234 (404)" in out
@@ -295,3 +296,141 @@ def test_push_help(capsys):
         main(["lms", "canvas", "push", "--help"])
     out = capsys.readouterr().out
     assert "--dry-run" in out and "CANVAS_API_TOKEN" in out and "Retry-After" in out
+
+
+# -- Canvas as it answers: refusals per student, grading schemes, throttling --------------------
+def test_a_student_the_assignment_is_not_assigned_to_fails_alone(fake, folder, capsys):
+    fake.add_assignment(COURSE, ASSIGNMENT, "Tensors", 6, assigned_to={101, 105})  # not bob
+    assert push(fake, folder) == 1
+    out, err = capsys.readouterr()
+    assert "[2/3] bob (Bob Roberts): failed (Canvas refused (401: user not authorized" in err
+    assert "[3/3] erin (Erin Eng): updated" in err  # the push went on after bob
+    assert (
+        "FAILED bob (Bob Roberts) [sis_user_id S2]: Canvas refused (401: user not authorized "
+        "to perform that action): is the assignment assigned to this student" in out
+    )
+    assert "2 updated, 0 already up to date, 1 failed" in out
+    assert fake.state(COURSE, ASSIGNMENT, 101)[0] == 3.5
+    assert fake.state(COURSE, ASSIGNMENT, 105)[0] == 0.0
+    assert fake.state(COURSE, ASSIGNMENT, 102) == (None, [])
+    assert "Canvas refused every student" not in err
+
+
+def test_a_moderated_assignment_before_publication_refuses_everyone_and_says_why(
+    fake, folder, capsys
+):
+    fake.add_assignment(COURSE, ASSIGNMENT, "Tensors", 6, moderated=True, grades_published=False)
+    assert push(fake, folder) == 1
+    out, err = capsys.readouterr()
+    assert out.count("FAILED") == 3 and "moderated, are its grades published?" in out
+    assert "0 updated, 0 already up to date, 3 failed" in out
+    assert "warning: Canvas refused every student: check that the token's user may grade" in err
+    fake.assignments[(COURSE, ASSIGNMENT)]["grades_published"] = True
+    assert push(fake, folder) == 0
+    assert "3 updated" in capsys.readouterr().out
+
+
+def test_a_refusal_of_the_course_itself_stops_before_any_student(fake, folder, capsys):
+    fake.fail(401, times=1)
+    assert push(fake, folder) == 2
+    err = capsys.readouterr().err
+    assert f"error: Canvas refused the request for course {COURSE} (401: user not authorized" in err
+    assert fake.puts == 0
+
+
+def _scored(sub, score):
+    """A result of ``score`` out of 10."""
+    return SubmissionResult("01_tensors", sub, "trusted", "graded",
+                            [_t("q1", "t_a", score, 8), _t("q2", "t_b", 0, 2)])  # fmt: skip
+
+
+def test_scores_are_points_even_where_a_scheme_has_grades_named_by_numbers(fake, folder):
+    from fake_canvas import DUTCH_SCHEME
+
+    fake.add_assignment(
+        COURSE, ASSIGNMENT, "Tensors", 10, grading_type="letter_grade", scheme=DUTCH_SCHEME
+    )
+    # the fake reads a bare "8" as the scheme's grade 8 (one below 9's lower bound: 84%), as
+    # Canvas does: without prefer_points_over_scheme, 8 points would be stored as 8.4
+    import requests
+
+    url = f"{fake.url}/api/v1/courses/{COURSE}/assignments/{ASSIGNMENT}/submissions/103"
+    auth = {"Authorization": f"Bearer {fake.token}"}
+    r = requests.put(url, data={"submission[posted_grade]": "8"}, headers=auth, timeout=10)
+    assert r.json()["score"] == pytest.approx(8.4)
+    data = {"submission[posted_grade]": "8", "prefer_points_over_scheme": "true"}
+    assert requests.put(url, data=data, headers=auth, timeout=10).json()["score"] == 8.0
+
+    fake.forms.clear()
+    write_results_json(_scored("alice", 8), folder / "results" / "alice" / "results.json")
+    write_results_json(_scored("bob", 10), folder / "results" / "bob" / "results.json")
+    assert push(fake, folder) == 0
+    assert fake.state(COURSE, ASSIGNMENT, 101)[0] == 8.0
+    assert fake.state(COURSE, ASSIGNMENT, 102)[0] == 10.0
+    graded = [f for f in fake.forms if "submission[posted_grade]" in f]
+    assert graded and all(f["prefer_points_over_scheme"] == "true" for f in graded)
+    assert not [f for f in fake.forms if "submission[posted_grade]" not in f and
+                "prefer_points_over_scheme" in f]  # fmt: skip
+
+
+def test_canvas_throttling_as_canvas_answers_it_is_retried_after_the_bucket_drains(
+    fake, folder, sleeps, capsys
+):
+    import requests
+
+    # what Canvas's middleware answers: 403, plain text, X-Rate-Limit-Remaining 0, no Retry-After
+    fake.fail(403, times=1)
+    r = requests.get(f"{fake.url}/api/v1/courses/{COURSE}",
+                     headers={"Authorization": f"Bearer {fake.token}"}, timeout=10)  # fmt: skip
+    assert (r.status_code, r.text) == (403, "403 Forbidden (Rate Limit Exceeded)\n")
+    assert r.headers["X-Rate-Limit-Remaining"] == "0.0" and "Retry-After" not in r.headers
+
+    fake.fail(403, times=3)
+    assert push(fake, folder) == 0
+    # each retry waits for the bucket to drain back to LOW_WATER (100 units at 10/s), at least
+    assert len(sleeps) == 3 and all(10.0 <= s <= 12.0 for s in sleeps)
+    assert [s for m, p, s in fake.log].count(403) == 4
+    assert fake.puts == 3 and fake.state(COURSE, ASSIGNMENT, 101)[0] == 3.5
+
+
+def test_a_low_rate_limit_remaining_slows_the_push_down(fake, folder, sleeps):
+    fake.remaining = "40.0"  # of Canvas's 600: wait (100 - 40) / 10 s before the next request
+    assert push(fake, folder) == 0
+    assert sleeps and all(s == pytest.approx(6.0) for s in sleeps)
+    assert len(sleeps) == 4  # before each step but the first: assignment, then each student
+    sleeps.clear()
+    fake.remaining = "550.0"
+    assert push(fake, folder) == 0 and sleeps == []
+
+
+def test_throttling_that_never_ends_stops_with_who_is_done(fake, folder, capsys):
+    fake.fail(403, times=1000, method="PUT")
+    assert push(fake, folder, "--retries", "1") == 1
+    out, err = capsys.readouterr()
+    assert (
+        "stopped: Canvas kept failing on the submission of alice (Alice Doe): throttled (403)"
+        in err
+    )
+    assert "not done (3): alice (Alice Doe), bob (Bob Roberts), erin (Erin Eng)" in out
+
+
+def test_push_without_a_roster_uses_the_identity_results_carry(fake, folder, capsys):
+    fake.add_student(COURSE, 106, "Pair Two", sis_user_id="S6")
+    results = folder / "results"
+    shutil.rmtree(results)
+    canvas = {"source": "canvas", "canvas_user_id": "101", "members": [{"canvas_user_id": "101"}]}
+    group = {"source": "gradescope", "members": [{"name": "Bob", "sis_user_id": "S2"},
+                                                 {"name": "Pair Two", "sis_user_id": "S6"}]}  # fmt: skip
+    for sub, lms in (("doealice_101", canvas), ("S2_S6", group)):
+        r = _result(sub, 2, 3)
+        r.lms = lms
+        write_results_json(r, results / sub / "results.json")
+    assert push(fake, folder, roster=None) == 0
+    assert "3 updated, 0 already up to date, 0 failed" in capsys.readouterr().out
+    assert fake.state(COURSE, ASSIGNMENT, 101)[0] == 5.0
+    assert fake.state(COURSE, ASSIGNMENT, 102)[0] == fake.state(COURSE, ASSIGNMENT, 106)[0] == 5.0
+
+
+def test_push_without_a_roster_or_identities_is_bad_input(fake, folder, capsys):
+    assert push(fake, folder, roster=None) == 2
+    assert "error: lms canvas push needs --roster" in capsys.readouterr().err

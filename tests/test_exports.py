@@ -146,7 +146,8 @@ def test_canvas_csv_exact(batch):
         "    Points Possible,,,,,6",
         '"Doe, Alice",101,S1,adoe,Sec A,3.5',
         "Bob Roberts,,S2,bob,Sec B,6",
-        "Carol Chu,103,S3,,Sec A,",  # ungradable: empty cell, Canvas leaves the grade alone
+        # carol is ungradable: left out (an empty cell is not "leave it alone" to Canvas's
+        # importer; a missing row is)
         "",
     ]
 
@@ -156,6 +157,7 @@ def test_canvas_csv_ungradable_zero_and_no_id_column(batch):
     rows = list(csv.reader(io.StringIO(canvas_csv(results, roster, "Tensors", ungradable="zero"))))
     assert rows[0][-1] == "Tensors"
     assert rows[4] == ["Carol Chu", "103", "S3", "", "Sec A", "0"]
+    assert all(row[-1] != "" for row in rows[2:])  # never an empty grade cell
 
 
 # -- moodle ------------------------------------------------------------------------------------
@@ -301,10 +303,10 @@ def test_export_command_writes_file_and_reports_leftovers(tmp_path, batch, capsy
     err = capsys.readouterr().err
     assert rc == 0
     assert out.read_text().startswith("Student,ID,SIS User ID,SIS Login ID,Section,Tensors (5678)")
-    assert "no roster row and are not in this file: zed" in err
+    assert "no roster row or student identity and are not in this file: zed" in err
     assert "no result and are not in this file: dave (Dave Diaz)" in err
-    assert "ungradable submission(s) left blank" in err and "carol" in err
-    assert "3 student rows" in err
+    assert "ungradable submission(s) left out" in err and "carol" in err
+    assert "2 student rows" in err
 
 
 def test_export_command_plain_to_stdout(tmp_path, batch, capsys):

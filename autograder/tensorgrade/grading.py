@@ -345,12 +345,18 @@ def grade_batch(
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> list[SubmissionResult]:
     from .course import get_assignments
-    from .submissions import collect
+    from .submissions import IntakeError, read_intake
 
     _gpu_plan(opts)  # fail before any work if --gpu-slots can't be honoured
     if opts.judge_user:
         check_judge_user(opts.judge_user)
-    subs = collect(paths)
+    try:  # LMS downloads are expanded where the judge user can read them
+        intake = read_intake(paths, share_with=opts.judge_user)
+    except IntakeError as e:
+        raise GradingError(str(e)) from None
+    for note in intake.notes:
+        log(note)
+    subs = intake.submissions
     if not subs:
         raise FileNotFoundError("no notebooks found in " + ", ".join(map(str, paths)))
     fixed = get_assignments(root, [assignment_id])[0] if assignment_id else None
@@ -375,6 +381,9 @@ def grade_batch(
                 same = old.source_sha256 == sha256(read_bytes(sub.path))
                 fresh = same and old.autograder_sha256 == ag[a.id] and old.engine == opts.engine
                 if fresh and not is_internal_error(old):
+                    if old.lms != sub.lms:  # the same work, now known to belong to someone
+                        old.lms = dict(sub.lms)
+                        write_results_json(old, path)
                     results[sub.key] = old
                     continue
             except Exception:  # an unreadable old result is simply regraded
@@ -389,12 +398,14 @@ def grade_batch(
 
     for (a, sub), res in grade_many(todo, opts, ag):
         path = out_dir / sub.key / "results.json"
+        res.lms = dict(sub.lms)  # who it belongs to, from the LMS's download (for exports)
         try:
             write_results_json(res, path)
         except (OSError, MemoryError):  # the disk, not this submission: stop
             raise
         except Exception as e:  # noqa: BLE001 - a result we cannot write is our bug
             res = _failed((a, sub), opts, ag, e)
+            res.lms = dict(sub.lms)
             write_results_json(res, path)
         results[sub.key] = res
         bar.set_postfix_str(f"{sub.key}: {res.score:g}/{res.max_score:g}")

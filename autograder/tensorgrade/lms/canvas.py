@@ -2,14 +2,28 @@
 
 Per student: read the submission with its comments (GET .../submissions/:user_id with
 ``include[]=submission_comments``), compare, and only if something differs write it (PUT
-.../submissions/:user_id with ``submission[posted_grade]`` and/or ``comment[text_comment]``).
-Our comment ends with a marker line holding a hash of its text, so a re-run finds it and writes
-nothing; a regrade changes the text, so its new comment is posted.
+.../submissions/:user_id with ``submission[posted_grade]`` and ``prefer_points_over_scheme``,
+and/or ``comment[text_comment]``). ``prefer_points_over_scheme`` makes Canvas read "8" as 8
+points even where the assignment shows a grading scheme whose grades are numbers (a Dutch 1-10
+scheme would otherwise store "8" as that scheme's grade, 84% of the points). Our comment ends
+with a marker line holding a hash of its text, so a re-run finds it and writes nothing; a regrade
+changes the text, so its new comment is posted.
 
-Canvas throttles with 429 (older docs: 403 "Rate Limit Exceeded"); those and 5xx answers and
-dropped connections are retried with exponential backoff, waiting as long as Retry-After asks.
-The retried unit is "read, then write if needed", so a PUT that Canvas applied before failing is
-seen on the next read and not repeated.
+A refusal concerns one student and the push goes on: 401 without ``WWW-Authenticate`` (Canvas's
+answer for a student the assignment is not assigned to, and for a moderated assignment before
+its grades are published), 403 other than throttling, 404, other 4xx. Only a rejected token
+(401 with ``WWW-Authenticate``) and refusals of the course or assignment themselves stop it.
+
+Throttling, as Canvas does it (app/middleware/request_throttle.rb): each token has a bucket of
+600 units that drains 10 units per second; a request reserves 50 units while it runs and costs
+its CPU and database time; a request that finds the bucket full is answered 403 with the text
+"403 Forbidden (Rate Limit Exceeded)", ``X-Rate-Limit-Remaining: 0.0`` and no Retry-After (newer
+docs say 429; both are handled). Every answer carries ``X-Rate-Limit-Remaining``: when it falls
+below ``LOW_WATER`` the push waits until the bucket has drained back to it, before the next
+student. A throttled request is retried after the longer of that wait and an exponential backoff
+(1, 2, 4, ... s plus jitter), or as long as a Retry-After asks. 5xx answers and dropped
+connections are retried with the same backoff. The retried unit is "read, then write if needed",
+so a PUT that Canvas applied before failing is seen on the next read and not repeated.
 """
 
 from __future__ import annotations
@@ -31,6 +45,10 @@ from .roster import Matched, Student
 
 SCORE_TOLERANCE = 0.005  # posted grades are rounded to 2 decimals
 MAX_RETRY_AFTER = 600.0  # never sleep longer than this on one Retry-After
+# Canvas's throttle, default settings: the bucket drains this many units per second, and the
+# push keeps this many units of it free (a request reserves 50 while it runs).
+CANVAS_DRAIN_PER_S = 10.0
+LOW_WATER = 100.0
 _sleep = time.sleep  # tests replace this to keep retries instant
 
 
@@ -51,7 +69,12 @@ class _NotFound(Exception):
 
 
 class _StudentError(Exception):
-    """This student's write failed (4xx other than 401/403/404/429); the others go on."""
+    """Canvas refused this request (a 4xx that is not throttling, nor a rejected token); for a
+    student's submission, that student's failure: the others go on."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -67,6 +90,12 @@ class RetryPolicy:
 
     def wait(self, seconds: float) -> None:
         (self.sleep or _sleep)(seconds)
+
+    def drain(self, remaining: float | None) -> float:
+        """Seconds until Canvas's bucket, with ``remaining`` units left, is back to LOW_WATER."""
+        if remaining is None or remaining >= LOW_WATER:
+            return 0.0
+        return min(self.max_delay, (LOW_WATER - max(remaining, 0.0)) / CANVAS_DRAIN_PER_S)
 
 
 @dataclass
@@ -91,6 +120,7 @@ class Outcome:
     target: Target
     action: str  # "unchanged" | "updated" | "would update" | "skipped" | "failed"
     detail: str = ""
+    status: int | None = None  # Canvas's HTTP status of a failure
 
 
 @dataclass
@@ -191,6 +221,7 @@ class CanvasSession:
             warnings.simplefilter("ignore")  # canvasapi warns on http://; normalise_url decides
             self.canvas = Canvas(normalise_url(url), token)
         self._last: requests.Response | None = None
+        self.remaining: float | None = None  # X-Rate-Limit-Remaining of the last answer
         # canvasapi (pinned 3.6.0) keeps its requests.Session private; without it we still work,
         # only without Retry-After and timeouts.
         requester = getattr(self.canvas, "_Canvas__requester", None)
@@ -203,7 +234,18 @@ class CanvasSession:
 
     def _remember(self, response, *args, **kwargs):
         self._last = response
+        try:
+            self.remaining = float(response.headers["X-Rate-Limit-Remaining"])
+        except (KeyError, ValueError):
+            pass
         return response
+
+    def _pace(self) -> None:
+        """Before a request: if the last answer left little of the quota, let it drain."""
+        seconds = self.policy.drain(self.remaining)
+        if seconds > 0:
+            self.policy.wait(seconds)
+            self.remaining = None
 
     def call(self, fn: Callable[[], object], what: str):
         """Run ``fn`` (one or more canvasapi calls); retry throttling and server errors."""
@@ -218,24 +260,25 @@ class CanvasSession:
 
         attempt = 0
         while True:
+            self._pace()
             self._last = None
+            throttled = False
             try:
                 return fn()
-            except (InvalidAccessToken, Unauthorized) as e:
-                raise CanvasPushError(_auth_message(e, isinstance(e, InvalidAccessToken))) from None
+            except InvalidAccessToken as e:
+                raise CanvasPushError(_auth_message(e, True)) from None
+            except Unauthorized as e:
+                raise _StudentError(f"401: {_errors(e)}", 401) from None
             except ResourceDoesNotExist:
                 raise _NotFound(what) from None
             except (RateLimitExceeded, Forbidden) as e:
                 if not _throttled(e):
-                    raise CanvasPushError(
-                        f"Canvas forbids {what} (403: {_errors(e)}): the token's user needs the "
-                        "right to grade in this course"
-                    ) from None
-                reason = f"throttled ({self._status() or 429})"
+                    raise _StudentError(f"403: {_errors(e)}", 403) from None
+                reason, throttled = f"throttled ({self._status() or 429})", True
             except CanvasException as e:
                 status = self._status() or _status_in(str(e))
                 if status is None or status < 500:
-                    raise _StudentError(f"{status or 'error'}: {_errors(e)}") from None
+                    raise _StudentError(f"{status or 'error'}: {_errors(e)}", status) from None
                 reason = f"server error {status}"
             except (requests.ConnectionError, requests.Timeout) as e:
                 reason = f"connection problem ({type(e).__name__})"
@@ -244,7 +287,11 @@ class CanvasSession:
                     f"Canvas kept failing on {what}: {reason}, {attempt + 1} tries",
                     config=False,
                 ) from None
-            self.policy.wait(self._retry_after() or self.policy.backoff(attempt))
+            delay = self._retry_after() or self.policy.backoff(attempt)
+            if throttled and not self._retry_after():  # Canvas's 403 names no time: let it drain
+                delay = max(delay, self.policy.drain(self.remaining if self.remaining else 0.0))
+            self.remaining = None
+            self.policy.wait(delay)
             attempt += 1
 
     def _status(self) -> int | None:
@@ -285,6 +332,32 @@ def _status_in(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _refusal_text(e: _StudentError) -> str:
+    """What a refused student's line says, with the likely causes of Canvas's answer."""
+    if e.status == 401:
+        return (
+            f"Canvas refused ({e}): is the assignment assigned to this student, and if it is "
+            "moderated, are its grades published?"
+        )
+    if e.status == 403:
+        return f"Canvas refused ({e}): may the token's user grade this student?"
+    return f"Canvas refused the write ({e})"
+
+
+def _refused(e: _StudentError, what: str) -> CanvasPushError:
+    """A refusal of the course or assignment itself: nothing can be pushed."""
+    if e.status == 401:
+        return CanvasPushError(
+            f"Canvas refused the request for {what} ({e}): the token's user is not allowed to "
+            "grade in this course"
+        )
+    if e.status == 403:
+        return CanvasPushError(
+            f"Canvas forbids {what} ({e}): the token's user needs the right to grade in this course"
+        )
+    return CanvasPushError(f"Canvas refused {what} ({e})")
+
+
 def _auth_message(e: Exception, invalid_token: bool) -> str:
     if invalid_token:
         return (
@@ -313,6 +386,8 @@ class Pusher:
                 f"course {self.course_id} not found (404): check --course, and that the token's "
                 "user is enrolled as a teacher there"
             ) from None
+        except _StudentError as e:
+            raise _refused(e, f"course {self.course_id}") from None
         try:
             self.assignment = self.s.call(
                 lambda: self.course.get_assignment(self.assignment_id), "assignment"
@@ -322,6 +397,8 @@ class Pusher:
                 f"assignment {self.assignment_id} not found in course {self.course_id} (404): "
                 "check --assignment (the number in the assignment's URL)"
             ) from None
+        except _StudentError as e:
+            raise _refused(e, f"assignment {self.assignment_id}") from None
         report.course = f"{self.course_id} {getattr(self.course, 'name', '')!r}"
         possible = getattr(self.assignment, "points_possible", None)
         report.assignment = f"{self.assignment_id} {getattr(self.assignment, 'name', '')!r}"
@@ -373,6 +450,8 @@ class Pusher:
             kwargs: dict = {}
             if set_grade:
                 kwargs["submission"] = {"posted_grade": points(t.grade)}
+                # points, even where a grading scheme has a grade of that name ("8")
+                kwargs["prefer_points_over_scheme"] = "true"
             if not has_comment:
                 kwargs["comment"] = {"text_comment": t.comment}
             sub.edit(**kwargs)
@@ -390,7 +469,7 @@ class Pusher:
                 f"{t.user_text} not found in course {self.course_id} (404): check the roster",
             )
         except _StudentError as e:
-            return Outcome(t, "failed", f"Canvas refused the write ({e})")
+            return Outcome(t, "failed", _refusal_text(e), e.status)
 
 
 def push(

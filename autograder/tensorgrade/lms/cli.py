@@ -1,12 +1,16 @@
 """`tensorgrade lms canvas push` and `tensorgrade export`: argparse wiring and reporting.
 
 `register(subparsers)` adds both commands to the main parser; each handler prints `error: ...`
-and returns 2 on bad input, 1 when some graded work was not delivered, 0 otherwise.
+and returns 2 on bad input, 1 when some graded work was not delivered (or an export would hold
+no student at all), 0 otherwise. Who each result belongs to comes from --roster and from the
+results themselves where they were graded from a Canvas or Gradescope download.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..results import SubmissionResult, atomic_write_text, load_results_dir
 from .exports import FORMATS, MOODLE_ID_FIELDS, export_csv, export_notes
 from .feedback import UNGRADABLE_POLICIES, max_points
-from .roster import RosterError, Student, match, read_roster
+from .roster import RosterError, Student, carried, match, read_roster
 
 if TYPE_CHECKING:
     from .canvas import PushReport
@@ -68,6 +72,15 @@ def _roster(path: Path | None) -> dict[str, Student] | None:
         raise _Bad(str(e)) from None
 
 
+def _need_someone(what: str, results: list[SubmissionResult], roster) -> None:
+    """Bad input when nothing says who any result belongs to: no roster, no identity carried."""
+    if roster is None and not any(carried(r) for r in results):
+        raise _Bad(
+            f"{what} needs --roster (who each submission belongs to): these results carry no "
+            "student identity (they were not graded from a Canvas or Gradescope download)"
+        )
+
+
 def _list(what: str, items: list[str], limit: int = 20) -> None:
     if not items:
         return
@@ -82,8 +95,8 @@ def _export(args: argparse.Namespace) -> int:
     try:
         results = _load(args.results, args.results_assignment)
         roster = _roster(args.roster)
-        if args.format != "plain" and roster is None:
-            raise _Bad(f"--format {args.format} needs --roster (who each submission belongs to)")
+        if args.format != "plain":
+            _need_someone(f"--format {args.format}", results, roster)
     except _Bad as e:
         _err(str(e))
         return 2
@@ -97,17 +110,33 @@ def _export(args: argparse.Namespace) -> int:
         **kw,
     )
     notes = export_notes(args.format, results, roster, **kw)
+    for w in notes.warnings:
+        _warn(w)
+    who = "no roster row or student identity"
     if args.format == "plain":
-        _list("submission(s) have no roster row (no name in this file)", notes.no_roster_row)
+        _list(f"submission(s) have {who} (no name in this file)", notes.no_roster_row)
         _list("roster row(s) have no result (listed as 'no result')", notes.no_result)
     else:
-        _list("submission(s) have no roster row and are not in this file", notes.no_roster_row)
+        _list(f"submission(s) have {who} and are not in this file", notes.no_roster_row)
         _list("roster row(s) have no result and are not in this file", notes.no_result)
+        _list("student(s) named by two submissions are not in this file", notes.conflicts)
     column = MOODLE_ID_FIELDS[args.moodle_id][0] if args.format == "moodle" else "id columns"
-    _list(f"student(s) lack {column} in the roster and are not in this file", notes.no_identifier)
-    left = "left blank" if args.format == "canvas" else "left out"
-    _list(f"ungradable submission(s) {left} (--ungradable zero gives 0)", notes.blank_ungradable)
-    rows = max(0, text.count("\r\n") - (2 if args.format == "canvas" else 1))
+    _list(f"student(s) lack {column} and are not in this file", notes.no_identifier)
+    _list("ungradable submission(s) left out (--ungradable zero gives 0)", notes.blank_ungradable)
+    rows = _student_rows(text, args.format)
+    if rows == 0:
+        why = {
+            "no roster row or identity": len(notes.no_roster_row),
+            f"no {column}": len(notes.no_identifier),
+            "ungradable, left out": len(notes.blank_ungradable),
+            "named by two submissions": len(notes.conflicts),
+        }
+        reasons = ", ".join(f"{n} {what}" for what, n in why.items() if n)
+        _err(
+            f"no student rows to export ({reasons or 'no results'}); nothing written"
+            + ("" if args.roster else ": pass --roster to say who each submission belongs to")
+        )
+        return 1
     if str(args.output) == "-":
         enc = sys.stdout.encoding or "utf-8"  # what the terminal cannot show becomes "?"
         sys.stdout.write(text.encode(enc, "replace").decode(enc))
@@ -120,6 +149,12 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {args.output} ({args.format} format, {rows} student rows)", file=sys.stderr)
     return 0
+
+
+def _student_rows(text: str, fmt: str) -> int:
+    """Rows of students in an export's text (its header, and Canvas's points row, left out)."""
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    return max(0, len(rows) - (2 if fmt == "canvas" else 1))
 
 
 # -- canvas push -------------------------------------------------------------------------------
@@ -147,6 +182,7 @@ def _push(args: argparse.Namespace) -> int:
     try:
         results = _load(args.results, args.results_assignment)
         roster = _roster(args.roster)
+        _need_someone("lms canvas push", results, roster)
         url = args.url or os.environ.get(URL_ENV, "")
         if not url:
             raise _Bad(f"no Canvas URL: pass --url https://canvas.example.edu or set {URL_ENV}")
@@ -164,14 +200,17 @@ def _push(args: argparse.Namespace) -> int:
     else:
         report_line = "Full report (every public test with its output): ask your instructor."
     targets, skipped = plan_targets(m, args.ungradable, report_line)
+    for w in m.notes:
+        _warn(w)
     _list(
-        "submission(s) have no roster row and are not pushed",
+        "submission(s) have no roster row or student identity and are not pushed",
         [r.submission for r in m.no_roster_row],
     )
     _list("roster row(s) have no result (nothing pushed for them)", [s.label for s in m.no_result])
+    _list("student(s) named by two submissions are not pushed", [s.label for _, s in m.conflicts])
     for s in skipped:
         _warn(f"not pushed: {s.label}: {s.why}")
-    undelivered = len(m.no_roster_row) + sum(not s.by_policy for s in skipped)
+    undelivered = len(m.no_roster_row) + len(m.conflicts) + sum(not s.by_policy for s in skipped)
 
     verb = "checking" if args.dry_run else "pushing"
     print(f"{verb} {len(targets)} student(s) in Canvas ...", file=sys.stderr)
@@ -208,6 +247,12 @@ def _print_report(report: PushReport, undelivered: int) -> None:
     failed = [o for o in report.outcomes if o.action == "failed"]
     for o in failed:
         print(f"  FAILED {o.target.label} [{o.target.user_text}]: {o.detail}")
+    delivered = [o for o in report.outcomes if o.action in ("updated", "unchanged", "would update")]
+    if len(failed) > 1 and not delivered and all(o.status in (401, 403) for o in failed):
+        _warn(
+            "Canvas refused every student: check that the token's user may grade in this "
+            "course (a teacher or TA), and that the assignment is assigned to these students"
+        )
     if report.aborted:
         _err(f"stopped: {report.aborted}")
         done = [o.target.label for o in report.outcomes if o.action in ("updated", "unchanged")]
@@ -272,9 +317,13 @@ def register(subparsers) -> None:
             "Post each student's score and a feedback comment (total, per-question scores, "
             "failed public tests; never hidden-test details) to a Canvas assignment. Reads each "
             "submission first and writes only what differs, so running it again changes nothing. "
-            "Retries when Canvas throttles (429) or fails (5xx), honouring Retry-After. Canvas's "
-            "posting policy decides when students see the grade. Exit 0 when every graded "
-            "submission is in Canvas, 1 when some are not (listed), 2 on bad input."
+            "Scores are sent as points (prefer_points_over_scheme), never read as a grading "
+            "scheme's grade. A student whose write Canvas refuses (401: not assigned, or a "
+            "moderated assignment before grades are published) is listed at the end, and the "
+            "push goes on. Retries when Canvas throttles (403 'Rate Limit Exceeded', or 429, "
+            "honouring Retry-After; slows down when X-Rate-Limit-Remaining runs low) or fails "
+            "(5xx). Canvas's posting policy decides when students see the grade. Exit 0 when "
+            "every graded submission is in Canvas, 1 when some are not (listed), 2 on bad input."
         ),
         epilog=(
             f"The token comes from ${TOKEN_ENV} or --token-file and is never printed; the URL "
@@ -288,7 +337,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--assignment", type=int, required=True, metavar="ID", help="Canvas assignment id"
     )
-    p.add_argument("--roster", type=Path, required=True, metavar="CSV", help=ROSTER_HELP)
+    p.add_argument(
+        "--roster",
+        type=Path,
+        metavar="CSV",
+        help=ROSTER_HELP + " (optional for results graded from a Canvas or Gradescope download)",
+    )
     p.add_argument("--url", metavar="URL", help=f"Canvas base URL (default: ${URL_ENV})")
     p.add_argument(
         "--token-file",
@@ -322,14 +376,19 @@ def register(subparsers) -> None:
             "Write the results as CSV. canvas: Canvas's gradebook import (Grades > Import); "
             "moodle: Moodle's CSV grade import (map the identifier, grade and feedback columns "
             "in the import form); plain: every submission and roster row with status, total, "
-            "max, per-question scores and reason. Students the file cannot carry are listed on "
-            "stderr."
+            "max, per-question scores and reason. Every member of a group gets a row. Students "
+            "the file cannot carry are listed on stderr; an export with no student row writes "
+            "nothing and exits 1."
         ),
     )
     _add_common(e)
     e.add_argument("--format", choices=FORMATS, required=True, help="canvas, moodle or plain")
     e.add_argument(
-        "--roster", type=Path, metavar="CSV", help=ROSTER_HELP + " (canvas, moodle: required)"
+        "--roster",
+        type=Path,
+        metavar="CSV",
+        help=ROSTER_HELP + " (canvas, moodle: required unless the results were graded from a "
+        "Canvas or Gradescope download, which says who each submission belongs to)",
     )
     e.add_argument(
         "-o", "--output", type=Path, default=Path("-"), metavar="FILE", help="default: stdout"

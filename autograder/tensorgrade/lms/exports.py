@@ -1,12 +1,15 @@
 """CSV exports of a results folder: Canvas gradebook import, Moodle grade import, and plain.
 
-Pure functions: results + roster in, CSV text out. What a format cannot carry (a submission with
-no roster row, a roster row with no result, an ungradable submission left blank) is listed by
+Pure functions: results + roster in, CSV text out. Who a result belongs to comes from the roster
+and from the result itself where it was graded from an LMS's download (``roster.match``; every
+member of a Gradescope group gets a row). What a format cannot carry (a submission with no
+student, a roster row with no result, an ungradable submission left out) is listed by
 `export_notes`, for the caller to report.
 
 Canvas (Grades > Import): header ``Student,ID,SIS User ID,SIS Login ID,Section,<name> (<id>)``,
 then Canvas's own ``Points Possible`` row; Canvas matches a row by ID, then SIS User ID, then SIS
-Login ID, then name. An empty cell leaves the Canvas grade unchanged.
+Login ID, then name. A row without a grade is left out: Canvas's importer does not promise to
+leave a grade alone for an empty cell (it may clear it), and a missing row changes nothing.
 
 Moodle (Grade administration > Import > CSV file): one identifier column (mapped in the import
 form to email address, username, ID number or user id), the grade column and a feedback column.
@@ -51,7 +54,9 @@ class ExportNotes:
     no_roster_row: list[str] = field(default_factory=list)
     no_result: list[str] = field(default_factory=list)
     no_identifier: list[str] = field(default_factory=list)
-    blank_ungradable: list[str] = field(default_factory=list)
+    blank_ungradable: list[str] = field(default_factory=list)  # left out (no grade to give)
+    conflicts: list[str] = field(default_factory=list)  # one person named by two submissions
+    warnings: list[str] = field(default_factory=list)  # the matching's own notes
 
 
 class _Writer:
@@ -76,12 +81,13 @@ def canvas_column(assignment_name: str, assignment_id: int | None) -> str:
 
 def canvas_csv(
     results: list[SubmissionResult],
-    roster: dict[str, Student],
+    roster: dict[str, Student] | None,
     assignment_name: str,
     assignment_id: int | None = None,
     ungradable: str = "blank",
 ) -> str:
-    """Canvas gradebook import: one row per result that has a roster row."""
+    """Canvas gradebook import: one row per student with a grade (ungradable ones left out
+    unless ``ungradable="zero"``)."""
     buf = io.StringIO()
     w = _writer(buf)
     w.writerow(
@@ -91,25 +97,16 @@ def canvas_csv(
     mx = max_points(results)
     w.writerow(["    Points Possible", "", "", "", "", mx if mx is not None else ""])
     for r, st in match(results, roster).pairs:
-        if not _canvas_identifiable(st):
-            continue
         g = grade_for(r, ungradable)
-        w.writerow(
-            [
-                st.name,
-                st.canvas_user_id,
-                st.sis_user_id,
-                st.login_id,
-                st.section,
-                g if g is not None else "",
-            ]
-        )
+        if not _canvas_identifiable(st) or g is None:
+            continue
+        w.writerow([st.name, st.canvas_user_id, st.sis_user_id, st.login_id, st.section, g])
     return buf.getvalue()
 
 
 def moodle_csv(
     results: list[SubmissionResult],
-    roster: dict[str, Student],
+    roster: dict[str, Student] | None,
     assignment_name: str,
     id_field: str = "email",
     ungradable: str = "blank",
@@ -142,7 +139,8 @@ def plain_csv(results: list[SubmissionResult], roster: dict[str, Student] | None
         + ["reason"]
     )
     m = match(results, roster)
-    rows = [(r, st) for r, st in m.pairs] + [(r, None) for r in m.no_roster_row]
+    # a group's members get a row each; a person two submissions name is listed under both
+    rows = [*m.pairs, *m.conflicts] + [(r, None) for r in m.no_roster_row]
     for r, st in sorted(rows, key=lambda p: p[0].submission):
         qs = r.question_scores()
         w.writerow(
@@ -178,11 +176,10 @@ def export_csv(
     moodle_id_field: str = "email",
     ungradable: str = "blank",
 ) -> str:
-    """Dispatch on ``fmt`` (one of FORMATS); canvas and moodle need a roster."""
+    """Dispatch on ``fmt`` (one of FORMATS); canvas and moodle need a roster, or results that
+    carry their students (graded from an LMS's download)."""
     if fmt == "plain":
         return plain_csv(results, roster)
-    if roster is None:
-        raise ValueError(f"the {fmt} format needs a roster (--roster)")
     name = assignment_name or _assignment_of(results)
     if fmt == "canvas":
         return canvas_csv(results, roster, name, assignment_id, ungradable)
@@ -201,11 +198,13 @@ def export_notes(
 ) -> ExportNotes:
     """What `export_csv` with the same arguments leaves out or leaves blank."""
     notes = ExportNotes()
-    if roster is None:
-        return notes
     m = match(results, roster)
+    if roster is None and not m.pairs and not m.conflicts and fmt == "plain":
+        return notes  # a plain export without a roster names no one, and says nothing
     notes.no_roster_row = [r.submission for r in m.no_roster_row]
     notes.no_result = [st.label for st in m.no_result]
+    notes.conflicts = [st.label for _, st in m.conflicts]
+    notes.warnings = list(m.notes)
     if fmt == "plain":
         return notes  # plain keeps both kinds, as rows
     column = MOODLE_ID_FIELDS[moodle_id_field][0]

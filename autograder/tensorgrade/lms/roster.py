@@ -4,16 +4,23 @@ A CSV with a required ``submission`` column (the folder name under RESULTS) and 
 columns for the LMSs. Reading is strict: a roster that maps two submissions to one Canvas user, or
 one submission to two students, would post grades to the wrong person, so it is refused with the
 line numbers to fix.
+
+A result graded from an LMS's download carries its students itself (``SubmissionResult.lms``,
+see ``lms/downloads.py``): a Canvas user id, or a Gradescope submission's members. ``match``
+uses them where the roster has no row for the submission, so no hand-written roster is needed;
+with a roster, a row is also found by these identities (a roster keyed by Canvas user id, not by
+folder name, still matches) and fills in what the download did not say (SIS id, section).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..results import SubmissionResult
+from ..safetext import clean_text
 
 # Known columns. Header cells are matched case-insensitively, with spaces and dashes as "_".
 COLUMNS = (
@@ -29,6 +36,8 @@ COLUMNS = (
 # Columns whose values must be unique among the rows that have one.
 UNIQUE = ("submission", "email", "canvas_user_id", "sis_user_id", "login_id", "moodle_id")
 NUMERIC = ("canvas_user_id", "moodle_id")
+# Columns that identify one person, in the order a roster row is looked up by them.
+IDENTITY = ("canvas_user_id", "sis_user_id", "login_id", "email", "moodle_id")
 
 
 class RosterError(ValueError):
@@ -56,11 +65,15 @@ class Student:
 
 @dataclass
 class Matched:
-    """Results paired with roster rows, plus both kinds of leftovers (never dropped silently)."""
+    """Results paired with students (one pair per member of a group), plus every leftover
+    (never dropped silently)."""
 
     pairs: list[tuple[SubmissionResult, Student]]
-    no_roster_row: list[SubmissionResult]  # results whose submission the roster does not list
+    no_roster_row: list[SubmissionResult]  # no roster row, and no identity from a download
     no_result: list[Student]  # roster rows with no results.json
+    # one person named by two submissions: neither is delivered (it would overwrite the other)
+    conflicts: list[tuple[SubmissionResult, Student]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the caller to print as warnings
 
 
 def _normalise(header: str) -> str:
@@ -140,10 +153,107 @@ def read_roster(path: Path) -> dict[str, Student]:
     return parse_roster(text, source=str(path))
 
 
-def match(results: list[SubmissionResult], roster: dict[str, Student]) -> Matched:
-    """Pair each result with its roster row; report both kinds of leftovers."""
-    by_sub = {r.submission: r for r in results}
-    pairs = [(by_sub[s], roster[s]) for s in sorted(by_sub) if s in roster]
-    no_row = [by_sub[s] for s in sorted(by_sub) if s not in roster]
-    no_result = sorted((st for s, st in roster.items() if s not in by_sub), key=lambda s: s.line)
-    return Matched(pairs, no_row, no_result)
+def carried(result: SubmissionResult) -> list[Student]:
+    """The students a result names itself (``lms["members"]``, from the download it was graded
+    from), as roster rows of its submission (line 0); [] for a result graded from a plain file."""
+    lms = result.lms if isinstance(result.lms, dict) else {}
+    members = lms.get("members")
+    out = []
+    for m in members if isinstance(members, list) else []:
+        if not isinstance(m, dict):
+            continue
+        values = {c: _cell(m.get(c)) for c in COLUMNS if c != "submission"}
+        for c in NUMERIC:
+            if not values[c].isdigit():
+                values[c] = ""
+        if values["name"] or any(values[c] for c in IDENTITY):
+            out.append(Student(submission=result.submission, line=0, **values))
+    return out
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return ""
+    return " ".join(clean_text(str(value)).split())
+
+
+def _ids(st: Student) -> list[tuple[str, str]]:
+    """(column, value) of each identity ``st`` has; e-mail addresses compared without case."""
+    out = []
+    for c in IDENTITY:
+        v = getattr(st, c)
+        if v:
+            out.append((c, v.casefold() if c == "email" else v))
+    return out
+
+
+def _merged(row: Student, member: Student, submission: str) -> Student:
+    """A roster row found by a member's identity: the row's values, the member's where the row
+    has none, under the result's submission (the row may be keyed otherwise)."""
+    filled = {c: getattr(row, c) or getattr(member, c) for c in COLUMNS if c != "submission"}
+    return replace(row, submission=submission, **filled)
+
+
+def match(results: list[SubmissionResult], roster: dict[str, Student] | None = None) -> Matched:
+    """Pair each result with its students; report every leftover.
+
+    A roster row for the result's submission wins (it overrides what the download said, for
+    every member). Otherwise each member the result carries is a student, completed by the
+    roster row that has one of its identities (Canvas user id, SIS id, login, e-mail, Moodle
+    id), if any. A person that two submissions name is in ``conflicts``, for neither.
+    """
+    roster = roster or {}
+    index: dict[tuple[str, str], Student] = {}
+    for st in roster.values():
+        for k in _ids(st):
+            index.setdefault(k, st)
+    pairs: list[tuple[SubmissionResult, Student]] = []
+    no_row, notes, used = [], [], set()
+    for r in sorted(results, key=lambda r: r.submission):
+        members = carried(r)
+        row = roster.get(r.submission)
+        if row is not None:
+            used.add(row.submission)
+            pairs.append((r, row))
+            others = [m for m in members if not set(_ids(m)) & set(_ids(row))]
+            if others:
+                notes.append(
+                    f"{r.submission}: roster line {row.line} is used, not what the download "
+                    f"named ({', '.join(_who(m) for m in others)})"
+                )
+            continue
+        if not members:
+            no_row.append(r)
+        for m in members:
+            found = next((index[k] for k in _ids(m) if k in index), None)
+            if found is not None:
+                used.add(found.submission)
+                m = _merged(found, m, r.submission)
+            pairs.append((r, m))
+    pairs, conflicts = _without_conflicts(pairs, notes)
+    no_result = sorted((st for s, st in roster.items() if s not in used), key=lambda s: s.line)
+    return Matched(pairs, no_row, no_result, conflicts, notes)
+
+
+def _who(st: Student) -> str:
+    ids = ", ".join(f"{c} {v}" for c, v in _ids(st)[:2])
+    return f"{st.name} ({ids})" if st.name and ids else st.name or ids
+
+
+def _without_conflicts(
+    pairs: list[tuple[SubmissionResult, Student]], notes: list[str]
+) -> tuple[list[tuple[SubmissionResult, Student]], list[tuple[SubmissionResult, Student]]]:
+    """Pairs whose person no other submission names, and those a person of two submissions."""
+    owners: dict[tuple[str, str], set[str]] = {}
+    for r, st in pairs:
+        for k in _ids(st):
+            owners.setdefault(k, set()).add(r.submission)
+    clashes = {k: subs for k, subs in owners.items() if len(subs) > 1}
+    for (c, v), subs in sorted(clashes.items()):
+        notes.append(
+            f"{c} {v} is named by {len(subs)} submissions ({', '.join(sorted(subs))}): none of "
+            "them is delivered to this person; grade one of them, or fix the roster"
+        )
+    keep = [(r, st) for r, st in pairs if not any(k in clashes for k in _ids(st))]
+    dropped = [(r, st) for r, st in pairs if any(k in clashes for k in _ids(st))]
+    return keep, dropped
