@@ -9,7 +9,6 @@ import os
 import pwd
 import re
 import secrets
-import select
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -99,7 +98,6 @@ class Session:
         except BaseException:
             self.close()
             raise
-        os.set_blocking(self.sandbox.req_w, False)  # _send waits with a deadline, never blocks
         self.broken = ""
         iso = self.sandbox.isolation
         self.isolation.append(iso.record())
@@ -156,7 +154,7 @@ class Session:
         except wire.WireError as e:  # the test's own inputs: not the student's doing
             raise TypeError(f"a test input cannot be sent: {e}") from None
         try:
-            _send(sandbox, data, until)
+            sandbox.send(data, until)
             while True:
                 header, blob = sandbox.receive(until - time.monotonic())
                 msg = protocol.parse_answer(header)
@@ -165,7 +163,7 @@ class Session:
                 if not isinstance(msg, protocol.Eval):
                     break
                 reply, _ = wire.encode(evaluation(msg, blob, lent))
-                _send(sandbox, reply, until)
+                sandbox.send(reply, until)
         except SandboxTimeout:
             self.give_up(f"no answer within {limit:g} s")
             raise SandboxGone(TIMED_OUT, f"did not finish within {limit:g} s") from None
@@ -199,25 +197,6 @@ class Session:
 
     def definition_source(self, name: str) -> str | None:
         return definition_source(self.cells, name)
-
-
-def _send(sandbox: Sandbox, data: bytes, until: float) -> None:
-    """Write a request to the sandbox without waiting past ``until``: a sandbox that stops
-    reading (its code holds the interpreter) must not stall the judge on a full pipe."""
-    view = memoryview(data)
-    while view:
-        left = until - time.monotonic()
-        if left <= 0:
-            raise SandboxTimeout("the sandbox stopped reading")
-        _, ready, _ = select.select([], [sandbox.req_w], [], left)
-        if not ready:
-            continue
-        try:
-            view = view[os.write(sandbox.req_w, view) :]
-        except BlockingIOError:
-            continue
-        except OSError:  # the sandbox closed its end: it is dead
-            raise SandboxDied(sandbox._death()) from None
 
 
 def _wrong_assignment(nb: dict, assignment_id: str) -> str | None:
