@@ -2,9 +2,10 @@
 
 A test that needs to pass a function into the student's code (an operator K for a matrix-free
 solver, an f whose Jacobian the student builds) uses ``Portable("name", **params)``. It is called
-like a function and counts its calls. Because it is a registry name plus tensors and numbers, the
-trusted grader can send it to the sandbox, which rebuilds it from the same registry (and reports the
-call count back) — no code crosses the boundary.
+like a function and counts its calls. In the student's own kernel (public checks) it runs there.
+In the trusted grader it crosses the boundary as an opaque handle: each evaluation in the sandbox
+is asked of the judge, which computes it with its own torch and counts it, so a count a test
+checks cannot be forged — no code and no parameters cross the boundary.
 
 Add a function by decorating it with ``@register``; parameters must be data (tensors, numbers).
 """
