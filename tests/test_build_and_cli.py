@@ -34,6 +34,7 @@ COMMANDS = [
     ["audit"],
     ["examples"],
     ["doctor"],
+    ["release"],
     ["report"],
     ["export"],
     ["lms"],

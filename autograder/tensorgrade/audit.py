@@ -2,7 +2,8 @@
 
 Grades the solution (must get full marks), the untouched student notebook (must get 0) and every
 mutant (must lose points on exactly the questions it names), and lists hidden tests that no mutant
-fails: such a test checks nothing we can show.
+fails: such a test checks nothing we can show. Every question must have a hidden test: otherwise a
+student sees every check the grader runs.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from .course import Assignment
 from .grading import GradeOptions, file_sha256, grade_many
-from .mutants import load_mutants, submissions
+from .mutants import Mutant, load_mutants, submissions
 from .results import SubmissionResult
 from .submissions import Submission
-from .testfiles import load_tests
+from .testfiles import TestSpec, load_tests, questions
 
 
 @dataclass
@@ -39,6 +40,28 @@ def _first_line(text: str, width: int = 300) -> str:
     return (text.strip().splitlines() or [""])[0][:width]
 
 
+def structure_problems(specs: list[TestSpec], mutants: list[Mutant]) -> list[str]:
+    """What is wrong with the tests themselves, before any grading: a question without a hidden
+    test, a mutant that names a question that does not exist."""
+    problems = []
+    for q in questions(specs):
+        if not any(s.hidden for s in specs if s.question == q):
+            public = ", ".join(s.name for s in specs if s.question == q)
+            problems.append(
+                f"question {q} has no hidden test (only public ones: {public}): students see "
+                "every check it is graded by; add a test cell whose first line is `# HIDDEN`"
+            )
+    known = set(questions(specs))
+    for m in mutants:
+        unknown = sorted(set(m.loses) - known)
+        if unknown:
+            problems.append(
+                f"mutant {m.name}: loses names question(s) {', '.join(unknown)}, which the "
+                f"assignment does not have ({', '.join(questions(specs))})"
+            )
+    return problems
+
+
 def audit(
     a: Assignment,
     engine: str = "trusted",
@@ -47,7 +70,7 @@ def audit(
     isolation: str = "full",
 ) -> AuditReport:
     specs = load_tests(a.tests_dir)
-    subs = submissions(a)
+    subs = submissions(a)  # a mutant that fits no cell of the solution stops here (MutantError)
     ag = file_sha256(a.autograder_zip)
     opts = GradeOptions(
         engine=engine, jobs=jobs, progress=False, gpu_slots=gpu_slots, isolation=isolation
@@ -61,7 +84,8 @@ def audit(
         work = [(a, Submission(name, p)) for name, p in paths.items()]
         results = {sub.key: res for (_, sub), res in grade_many(work, opts, {a.id: ag})}
         results = {n: results[n] for n in paths}  # keep solution, blank, mutants in order
-    report = AuditReport(a.id, results)
+    mutants = load_mutants(a.mutants) if a.mutants.is_file() else []
+    report = AuditReport(a.id, results, structure_problems(specs, mutants))
     sol, blank = results["solution"], results["blank"]
     if sol.status != "graded" or sol.score != sol.max_score:
         failed = [
@@ -76,7 +100,6 @@ def audit(
             f"blank notebook scores {blank.score:g} (status {blank.status}: {blank.reason[:200]})"
         )
     total = sum(s.points for s in specs)
-    mutants = load_mutants(a.mutants) if a.mutants.is_file() else []
     for m in mutants:
         r = results[f"mutant-{m.name}"]
         lost = lost_questions(r)

@@ -118,6 +118,29 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _release(args: argparse.Namespace) -> int:
+    from .build import BuildError
+    from .release import ReleaseError, make_release, output_path, write_folder, write_release_zip
+
+    root, assignments = _assignments(args.ids)
+    output_path(args.output, root, args.zip)  # refuse a wrong OUTPUT before building anything
+    try:
+        release = make_release(root, assignments, title=args.title)
+    except (BuildError, ReleaseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    write = write_release_zip if args.zip else write_folder
+    out = write(release, args.output, root)
+    for note in release.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"wrote the student release of {', '.join(release.assignments)} to {out} "
+        f"({len(release.files)} files, no solutions, no hidden tests): publish it as the "
+        "students' repository (see docs/release.md)"
+    )
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from .judge.doctor import main as doctor
 
@@ -255,6 +278,31 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("id", metavar="ID", help="assignment id")
     ex.add_argument("-o", "--output", type=Path, required=True, help="folder to write to")
     ex.set_defaults(func=_examples)
+
+    rl = sub.add_parser(
+        "release",
+        help="make the course as students receive it (notebooks, helpers, install files)",
+        description=(
+            "Write what students get, to publish as its own repository (or a zip): the student "
+            "notebooks and their data (assignments/), the modules of tensorgrade that public "
+            "checks import (tensorgrade.testing, tensorgrade.portable) as the installable "
+            "package tensorgrade-student, requirements.txt, student_env.yml and a README with "
+            "the pip, conda and Colab routes. No master, solution, hidden test or grader code: "
+            "the release is searched for every solution line and hidden test of the masters "
+            "before it is written. Refuses stale student notebooks (run `tensorgrade build` "
+            "first). OUTPUT must be new, empty, hold only .git, or hold an earlier release "
+            "(then everything but .git is replaced)."
+        ),
+    )
+    rl.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
+    rl.add_argument("-o", "--output", type=Path, required=True, help="folder (or zip) to write")
+    rl.add_argument(
+        "--zip",
+        action="store_true",
+        help="write OUTPUT as a zip file (.zip added if missing), its files in one folder",
+    )
+    rl.add_argument("--title", default="Course notebooks", help="heading of the students' README")
+    rl.set_defaults(func=_release)
 
     dr = sub.add_parser(
         "doctor",

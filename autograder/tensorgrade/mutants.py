@@ -16,6 +16,11 @@ import yaml
 
 from . import notebooks
 from .course import Assignment
+from .errors import UsageError
+
+
+class MutantError(UsageError, ValueError):
+    """A mutants.yml that cannot be applied: printed as ``error: <message>`` (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -29,24 +34,34 @@ class Mutant:
 
 
 def load_mutants(path: Path) -> list[Mutant]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except yaml.YAMLError as e:
+        raise MutantError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, list):
+        raise MutantError(f"{path}: expected a list of mutants, got {type(data).__name__}")
     out = []
     for i, m in enumerate(data):
+        if not isinstance(m, dict):
+            raise MutantError(f"{path}: mutant #{i + 1} is not a mapping (name, loses, code)")
         missing = {"name", "loses", "code"} - set(m)
         if missing:
-            raise ValueError(f"{path}: mutant #{i + 1} lacks {', '.join(sorted(missing))}")
+            raise MutantError(f"{path}: mutant #{i + 1} lacks {', '.join(sorted(missing))}")
+        loses = m["loses"]
+        if isinstance(loses, str) or not isinstance(loses, list):
+            raise MutantError(f"{path}: mutant {m['name']}: loses must be a list, e.g. [q1]")
         out.append(
             Mutant(
-                name=m["name"],
-                loses=tuple(m["loses"]),
-                code=m["code"],
+                name=str(m["name"]),
+                loses=tuple(str(q) for q in loses),
+                code=str(m["code"]),
                 description=m.get("description", ""),
                 target=m.get("target", ""),
             )
         )
     names = [m.name for m in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: mutant names must be unique")
+        raise MutantError(f"{path}: mutant names must be unique")
     return out
 
 
@@ -67,7 +82,11 @@ def defined_names(code: str) -> set[str]:
 
 
 def apply_mutant(solution: nbformat.NotebookNode, m: Mutant) -> nbformat.NotebookNode:
-    """A copy of the solution notebook with the mutant's code in place of its target cell."""
+    """A copy of the solution notebook with the mutant's code in place of its target cell.
+
+    A mutant that matches no cell, or several, is a ``MutantError`` that says which names the
+    mutant defines and which the solution does.
+    """
     nb = copy.deepcopy(solution)
     wanted = defined_names(m.code)
     hits = []
@@ -77,13 +96,39 @@ def apply_mutant(solution: nbformat.NotebookNode, m: Mutant) -> nbformat.Noteboo
                 hits.append(cell)
         elif wanted & defined_names(cell.source):
             hits.append(cell)
-    if len(hits) != 1:
-        raise ValueError(
-            f"mutant {m.name}: expected exactly one cell defining {sorted(wanted)} "
-            f"(or containing target), found {len(hits)}"
+    if len(hits) == 1:
+        hits[0].source = m.code
+        return nb
+    if m.target:
+        where = f"cell containing target {m.target!r}"
+    elif not wanted:
+        raise MutantError(
+            f"mutant {m.name}: its code defines no top-level function, class or variable "
+            "(is it valid Python?), so it replaces no cell of the solution"
         )
-    hits[0].source = m.code
-    return nb
+    else:
+        where = f"cell defining {', '.join(sorted(wanted))}"
+    if not hits:
+        known = sorted(
+            set().union(*(_defined_functions(c.source) for c in notebooks.code_cells(nb)))
+        )
+        raise MutantError(
+            f"mutant {m.name}: the solution has no {where}; its functions and classes are "
+            f"{', '.join(known) or 'none'} (a misspelt name in mutants.yml?)"
+        )
+    raise MutantError(
+        f"mutant {m.name}: {len(hits)} cells of the solution match (each a {where}), expected "
+        "one: give the mutant a `target:` that only the cell to replace contains"
+    )
+
+
+def _defined_functions(code: str) -> set[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    kinds = (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)
+    return {n.name for n in tree.body if isinstance(n, kinds)}
 
 
 def submissions(a: Assignment) -> dict[str, bytes]:
@@ -95,5 +140,9 @@ def submissions(a: Assignment) -> dict[str, bytes]:
     }
     if a.mutants.is_file():
         for m in load_mutants(a.mutants):
-            subs[f"mutant-{m.name}"] = notebooks.dumps(apply_mutant(solution, m)).encode()
+            try:
+                mutated = apply_mutant(solution, m)
+            except MutantError as e:
+                raise MutantError(f"{a.mutants}: {e}") from None
+            subs[f"mutant-{m.name}"] = notebooks.dumps(mutated).encode()
     return subs
