@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import re
+import struct
 
 import pytest
 from report_samples import PUBLIC_EXPECTED, SECRET, XSS, batch, write_batch
@@ -127,7 +128,7 @@ def test_student_strings_are_escaped(results):
         f"a1{XSS}", f'x"><b>{XSS}', "trusted", "graded", reason=XSS, student_output="ok"
     )
     evil.tests = [TestResult(f"q{XSS}", f"t{XSS}", 1, 1, True, "passed", False)]
-    evil.figures = [{"cell": XSS, "png": base64.b64encode(PNG_SIGNATURE + b"x").decode()}]
+    evil.figures = [{"cell": XSS, "png": base64.b64encode(_png(4, 3)).decode()}]
     page = student_report(evil)
     assert "<script" not in page.lower()
     assert '"><b>' not in page
@@ -150,8 +151,21 @@ def test_ungradable_submission_says_why(results):
     assert "0 / 15" in page
 
 
+def _png(width: int, height: int) -> bytes:
+    """The start of a PNG declaring ``width`` x ``height`` (all a size check reads)."""
+    ihdr = struct.pack(">II", width, height) + b"\x08\x06\x00\x00\x00"
+    return PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\x00" * 4 + b"rest"
+
+
+def test_png_data_uri_refuses_images_declaring_huge_sizes():
+    assert png_data_uri(_png(640, 480)) is not None
+    assert png_data_uri(_png(40000, 40000)) is None  # 1.6 gigapixels: gigabytes in a browser
+    assert png_data_uri(_png(5000, 10)) is None and png_data_uri(_png(0, 10)) is None
+    assert png_data_uri(PNG_SIGNATURE + b"\x00\x01rest") is None  # no IHDR first
+
+
 def test_png_data_uri_accepts_only_png_and_re_encodes():
-    raw = PNG_SIGNATURE + b"\x00\x01rest"
+    raw = _png(64, 48)
     b64 = base64.b64encode(raw).decode()
     wrapped = "\n".join(b64[i : i + 4] for i in range(0, len(b64), 4))  # as Jupyter stores it
     assert png_data_uri(wrapped) == f"data:image/png;base64,{b64}"

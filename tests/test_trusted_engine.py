@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import struct
 import zipfile
 
 import nbformat
@@ -200,12 +201,19 @@ def test_the_students_figures_are_kept_as_pngs(a1, tmp_path):
     assert len(r.figures) <= engine._MAX_FIGURES
 
 
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">II", width, height) + b"\x08\x06\x00\x00\x00"
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\x00" * 4
+
+
 def test_the_judge_keeps_only_real_bounded_pngs():
-    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 100).decode()
-    huge = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * engine._FIGURE_BYTES).decode()
+    png = base64.b64encode(_png_header(432, 288) + b"0" * 100).decode()
+    huge = base64.b64encode(_png_header(432, 288) + b"0" * engine._FIGURE_BYTES).decode()
     fake = base64.b64encode(b"<script>alert(1)</script>").decode()
-    sent = [png, huge, fake, "not base64!", 42, None, png]
-    assert engine._checked_figures(sent, room=8) == [png, png]
+    giga = base64.b64encode(_png_header(40000, 40000) + b"0" * 100).decode()  # 1.6 gigapixels
+    headless = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 100).decode()
+    sent = [png, huge, fake, giga, headless, "not base64!", 42, None, png]
+    assert engine._checked_figures(sent, room=len(sent)) == [png, png]
     assert engine._checked_figures(sent, room=1) == [png]
     assert engine._checked_figures({"png": png}, room=8) == []
 

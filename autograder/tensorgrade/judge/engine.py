@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import protocol, wire
+from ..images import acceptable_png
 from ..protocol import LAYERS, weakest
 from ..results import (
     CHECK_FAILED,
@@ -44,7 +45,6 @@ _STDOUT_TOTAL = 50_000
 _MAX_FIGURES = 8  # per submission; each at most _FIGURE_BYTES of PNG, all at most _FIGURES_TOTAL
 _FIGURE_BYTES = 120_000
 _FIGURES_TOTAL = 200_000  # characters of base64: results.json stays under its 300 kB cap
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _warned_reduced = False
 
 
@@ -383,7 +383,7 @@ def _checked_figures(value: object, room: int) -> list[str]:
             raw = base64.b64decode(item, validate=True)
         except ValueError:
             continue
-        if raw.startswith(_PNG_MAGIC):
+        if acceptable_png(raw):  # a PNG whose declared size a browser can show
             good.append(item)
     return good
 

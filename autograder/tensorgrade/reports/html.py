@@ -13,8 +13,7 @@ import binascii
 import html
 
 from .. import __version__
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from ..images import PNG_SIGNATURE, acceptable_png  # noqa: F401  (PNG_SIGNATURE: re-exported)
 
 # no scripts, no fetches: only inline styles and data: images
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'"
@@ -122,7 +121,7 @@ def png_data_uri(b64: object) -> str | None:
             return None
     else:
         return None
-    if not raw.startswith(PNG_SIGNATURE):
+    if not acceptable_png(raw):  # not a PNG, or one declaring more pixels than a page can bear
         return None
     return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
 
