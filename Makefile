@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TG := $(VENV)/bin/tensorgrade
 DEMO := dist/demo
 
-.PHONY: setup build demo test test-fast lint clean
+.PHONY: setup build demo image test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: build
 	$(TG) report $(DEMO)/results -o $(DEMO)/reports
 	$(TG) export $(DEMO)/results --format plain -o $(DEMO)/grades-plain.csv
 	@echo "open $(DEMO)/reports/index.html (class summary) and $(DEMO)/reports/<submission>.html"
+
+# The grading image, tensorgrade-grader (VARIANT=cuda for the CUDA build of the pinned torch);
+# needs a Docker engine, makes its Debian base itself where no registry is reachable.
+image: build
+	PYTHON=$(PY) bash autograder/docker/build-image.sh
 
 lint: setup
 	$(VENV)/bin/ruff check autograder tests bench
