@@ -160,7 +160,8 @@ def test_setup_sh_is_valid_bash_and_pins_versions(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = gradescope.SETUP_SH
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
-    assert '"torch==2.13.0"' in text and "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert '"torch==2.13.0"' in text and '--index-url "$TORCH_INDEX"' in text
+    assert "${TENSORGRADE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" in text
     assert '"otter-grader==7.0.0"' in text and '"$SRC"' in text  # tensorgrade from the zip
     # the pins are the project's own: requirements/dev.txt for torch, pyproject.toml for otter
     dev = (ROOT / "requirements/dev.txt").read_text()

@@ -25,6 +25,7 @@ from pathlib import Path
 from .course import Assignment
 from .errors import UsageError as _UsageError
 from .results import SubmissionResult, not_run, write_results_json
+from .safetext import clean_text, cut
 from .submissions import Submission
 
 CONFIG_NAME = "tensorgrade-gradescope.json"  # at the zip's root: which assignment this zip grades
@@ -41,34 +42,68 @@ _SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints", "__MACOSX"}
 
 SETUP_SH = f"""#!/usr/bin/env bash
 # tensorgrade autograder for Gradescope. Gradescope runs this once, as root, when it builds the
-# autograder image (Ubuntu). It installs Python >= 3.11, CPU-only torch and tensorgrade (shipped
-# in this zip) into {VENV}; run_autograder uses that interpreter.
+# autograder image. It installs Python >= 3.11, CPU-only torch and tensorgrade (shipped in this
+# zip) into {VENV}; run_autograder uses that interpreter. Any failure stops the build with a
+# message that says what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SRC=/autograder/source
 VENV={VENV}
+# another index for torch's CPU wheels (a mirror); pip's own settings apply to everything else
+TORCH_INDEX="${{TENSORGRADE_TORCH_INDEX:-{TORCH_INDEX}}}"
+started=$(date +%s)
+step() {{ echo "[tensorgrade setup +$(( $(date +%s) - started ))s] $*"; }}
+fail() {{ echo "tensorgrade setup FAILED: $*" >&2; exit 1; }}
+is_311() {{ "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }}
 
-apt-get update
-if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+[ -f "$SRC/pyproject.toml" ] && [ -f "$SRC/{CONFIG_NAME}" ] \
+    || fail "$SRC holds no tensorgrade autograder (upload dist/<id>/gradescope.zip as it is)"
+command -v apt-get >/dev/null || fail "no apt-get: choose one of Gradescope's Ubuntu base images"
+
+step "apt-get update"
+apt-get update -qq || fail "apt-get update"
+# Python >= 3.11: the image's own python3 where it is new enough (Ubuntu 24.04, Debian 12);
+# on Ubuntu 22.04, whose python3 is 3.10 and whose python3.11 package is a release candidate,
+# the final 3.11 from the deadsnakes archive (the usual source of newer Pythons for Ubuntu LTS).
+if is_311 python3; then
     PY=python3
-    apt-get install -y --no-install-recommends python3-venv
+    step "python3 is $(python3 -V 2>&1); installing its venv module"
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+        || fail "apt-get install python3-venv"
 else
-    apt-get install -y --no-install-recommends python3.11 python3.11-venv
+    step "python3 is $(python3 -V 2>&1 || echo missing): installing Python 3.11 from deadsnakes"
+    apt-get install -y -qq --no-install-recommends software-properties-common gpg-agent >/dev/null \
+        || fail "apt-get install software-properties-common"
+    add-apt-repository -y ppa:deadsnakes/ppa >/dev/null || fail "add-apt-repository deadsnakes"
+    apt-get update -qq || fail "apt-get update (deadsnakes)"
+    apt-get install -y -qq --no-install-recommends python3.11 python3.11-venv >/dev/null \
+        || fail "apt-get install python3.11 python3.11-venv"
     PY=python3.11
 fi
+is_311 "$PY" || fail "$PY is $("$PY" -V 2>&1), tensorgrade needs Python >= 3.11"
 
-"$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --no-cache-dir --upgrade pip
-"$VENV/bin/python" -m pip install --no-cache-dir --index-url {TORCH_INDEX} "{TORCH_PIN}"
+step "venv at $VENV with $("$PY" -V 2>&1)"
+"$PY" -m venv "$VENV" || fail "python -m venv $VENV"
+"$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip || fail "pip upgrade"
+step "{TORCH_PIN} (CPU) from $TORCH_INDEX"
+"$VENV/bin/python" -m pip install -q --no-cache-dir --index-url "$TORCH_INDEX" "{TORCH_PIN}" \
+    || fail "{TORCH_PIN} from $TORCH_INDEX"
 echo "{TORCH_PIN}" > /tmp/tensorgrade-constraints.txt
-"$VENV/bin/python" -m pip install --no-cache-dir -c /tmp/tensorgrade-constraints.txt \\
-    "{OTTER_PIN}" "$SRC"
-"$VENV/bin/python" -c "import torch, tensorgrade.gradescope; print('tensorgrade ready, torch', torch.__version__)"
+step "{OTTER_PIN} and tensorgrade"
+"$VENV/bin/python" -m pip install -q --no-cache-dir -c /tmp/tensorgrade-constraints.txt \
+    "{OTTER_PIN}" "$SRC" || fail "pip install {OTTER_PIN} tensorgrade"
+"$VENV/bin/python" - <<'CHECK' || fail "the installed environment does not import"
+import torch, otter, tensorgrade.gradescope
+assert torch.__version__.split("+")[0] == "{TORCH_PIN.split("==")[1]}", torch.__version__
+print("tensorgrade", tensorgrade.__version__, "torch", torch.__version__, "otter", otter.__version__)
+CHECK
+step "ready"
 """
 
 RUN_AUTOGRADER = f"""#!/bin/sh
 # Gradescope runs this as root for every submission, in /autograder. The trusted engine grades
 # the notebook in /autograder/submission and writes /autograder/results/results.json.
+export TENSORGRADE_TORCH_VERSION="${{TENSORGRADE_TORCH_VERSION-{TORCH_PIN.split("==")[1]}}}"
 exec "${{{PYTHON_ENV}:-{VENV}/bin/python}}" -m tensorgrade gradescope run
 """
 
@@ -174,8 +209,16 @@ def run(root: Path | None = None) -> int:
         res = SubmissionResult("", "", "trusted", "ungradable", reason=_AUTOGRADER_BROKEN)
         write_results_json(res, out)
         return 1
+    from .pins import torch_pin_mismatch
+
+    if mismatch := torch_pin_mismatch():  # another torch than setup.sh installed: grade nothing
+        print(f"error: {mismatch}", flush=True)
+        write_results_json(_ungradable(a, specs, ag, _AUTOGRADER_BROKEN, "submission"), out)
+        return 1
 
     key = _submission_key(root)
+    if who := _submitters(root):
+        print(f"submission of {who}", flush=True)
     sub, why = find_submission(root / "submission", a.id, key)
     code = 0
     if sub is None:
@@ -250,6 +293,22 @@ def _submission_key(root: Path) -> str:
         return f"gradescope-{int(meta['id'])}"
     except (OSError, ValueError, KeyError, TypeError):
         return "submission"
+
+
+def _submitters(root: Path) -> str:
+    """Who submitted, from Gradescope's metadata, for the staff log: names, student ids."""
+    try:
+        meta = json.loads((root / "submission_metadata.json").read_text(encoding="utf-8"))
+        users = meta.get("users") or []
+        people = [
+            f"{u.get('name') or u.get('email') or '?'}"
+            + (f" (sid {u['sid']})" if u.get("sid") else "")
+            for u in users
+            if isinstance(u, dict)
+        ]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return ""
+    return cut(clean_text(", ".join(people)), 300) if people else ""
 
 
 def _hide_from_student(root: Path) -> None:
