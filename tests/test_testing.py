@@ -141,3 +141,75 @@ def test_source_of_finds_a_class_defined_in_a_notebook_cell():
     assert tg.source_of(ns["Cell"]).startswith("class Cell:")
     with pytest.raises(tg.TestFailure, match="cannot read the source"):
         tg.source_of(int)
+
+
+# --- side effects, observed where the function runs ---------------------------------------------
+
+
+def _clean(x):
+    return 2 * x
+
+
+def _in_place(x):
+    return x.mul_(2)
+
+
+def _global_rng(x):
+    return x + torch.randn(x.shape, dtype=x.dtype)
+
+
+def _own_generator(x):
+    g = torch.Generator().manual_seed(0)
+    return x + torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+
+def _touches_grad(x):
+    x.requires_grad_(True)
+    (x**2).sum().backward()
+    return x.grad.detach().clone()
+
+
+def test_call_checked_passes_a_clean_call_and_returns_its_result():
+    x = tg.randn(4, seed=0)
+    out = tg.call_checked(_clean, x)
+    assert torch.equal(out, 2 * x)
+    assert torch.equal(tg.call_checked(_own_generator, x), _own_generator(x))
+
+
+def test_call_checked_catches_in_place_changes_of_inputs():
+    x = tg.randn(4, seed=0)
+    with pytest.raises(tg.TestFailure, match="changed the caller's X") as e:
+        tg.call_checked(_in_place, x.clone(), names=["X"])
+    assert e.value.kind == "check_failed"
+    with pytest.raises(tg.TestFailure, match="requires_grad or .grad"):
+        tg.call_checked(_touches_grad, x.clone())
+
+
+def test_call_checked_catches_the_global_random_state():
+    x = tg.randn(4, seed=0)
+    with pytest.raises(tg.TestFailure, match="global random state"):
+        tg.call_checked(_global_rng, x)
+    out, effects = tg.call_observed(_global_rng, x)
+    assert effects == {"rng_changed": True, "changed_inputs": []}
+    assert out.shape == x.shape
+
+
+def test_call_observed_goes_remote_through_the_vjp_channel():
+    """A stand-in for a sandboxed name gets the request as a VJP with the marker cotangent; what
+    the sandbox runs for it (testing.vjp) is the observed call."""
+
+    class Stand:
+        def __tg_vjp__(self, primals, cotangents):
+            return tg.vjp(_in_place, primals, cotangents)
+
+    x = tg.randn(3, seed=1)
+    out, effects = tg.call_observed(Stand(), x.clone())
+    assert effects["changed_inputs"] == [0] and not effects["rng_changed"]
+    assert torch.equal(out, 2 * x)
+
+
+def test_assert_python_float():
+    assert tg.assert_python_float(1.5) == 1.5
+    for bad in [torch.tensor(1.5), 1, True, None]:
+        with pytest.raises(tg.TestFailure):
+            tg.assert_python_float(bad)

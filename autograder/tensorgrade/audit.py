@@ -1,9 +1,10 @@
 """`tensorgrade audit`: prove an assignment's tests grade what they should.
 
-Grades the solution (must get full marks), the untouched student notebook (must get 0) and every
-mutant (must lose points on exactly the questions it names), and lists hidden tests that no mutant
-fails: such a test checks nothing we can show. Every question must have a hidden test: otherwise a
-student sees every check the grader runs.
+Grades the solution (must get full marks), the untouched student notebook (must get 0), every
+mutant (must lose points on exactly the questions it names) and the automatic non-answers (every
+graded name returning zeros, its input unchanged or a constant of another dtype: each must score
+0), and lists hidden tests that no mutant fails: such a test checks nothing we can show. Every
+question must have a hidden test: otherwise a student sees every check the grader runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .course import Assignment
 from .grading import GradeOptions, file_sha256, grade_many
-from .mutants import Mutant, load_mutants, submissions
+from .mutants import NONANSWER_KINDS, Mutant, load_mutants, nonanswer_submissions, submissions
 from .results import SubmissionResult
 from .submissions import Submission
 from .testfiles import TestSpec, load_tests, questions
@@ -62,6 +63,42 @@ def structure_problems(specs: list[TestSpec], mutants: list[Mutant]) -> list[str
     return problems
 
 
+def nonanswer_problems(results: dict[str, SubmissionResult]) -> list[str]:
+    """A non-answer that scores a point: name it and the tests that gave it points."""
+    problems = []
+    for kind, what in NONANSWER_KINDS.items():
+        r = results.get(f"nonanswer-{kind}")
+        if r is None:
+            continue
+        if r.status != "graded":
+            problems.append(
+                f"non-answer {kind} was not graded (status {r.status}: {r.reason[:200]})"
+            )
+        elif r.score > 1e-9:
+            passed = [f"{t.question}:{t.name}" for t in r.tests if t.passed and t.max_score > 0]
+            problems.append(
+                f"non-answer {kind} ({what}) scores {r.score:g}/{r.max_score:g}: a test gives "
+                f"points to work that does nothing; passed by it: {', '.join(passed)}"
+            )
+    return problems
+
+
+def grade_submissions(
+    a: Assignment, subs: dict[str, bytes], opts: GradeOptions
+) -> dict[str, SubmissionResult]:
+    """Grade notebooks given as bytes, keyed by name; results in the order of ``subs``."""
+    ag = file_sha256(a.autograder_zip)
+    with tempfile.TemporaryDirectory(prefix="tg-audit-") as tmp:
+        paths = {}
+        for name, data in subs.items():
+            p = Path(tmp) / f"{name}.ipynb"
+            p.write_bytes(data)
+            paths[name] = p
+        work = [(a, Submission(name, p)) for name, p in paths.items()]
+        results = {sub.key: res for (_, sub), res in grade_many(work, opts, {a.id: ag})}
+        return {n: results[n] for n in paths}
+
+
 def audit(
     a: Assignment,
     engine: str = "trusted",
@@ -71,19 +108,11 @@ def audit(
 ) -> AuditReport:
     specs = load_tests(a.tests_dir)
     subs = submissions(a)  # a mutant that fits no cell of the solution stops here (MutantError)
-    ag = file_sha256(a.autograder_zip)
+    subs.update(nonanswer_submissions(a, specs))
     opts = GradeOptions(
         engine=engine, jobs=jobs, progress=False, gpu_slots=gpu_slots, isolation=isolation
     )
-    with tempfile.TemporaryDirectory(prefix="tg-audit-") as tmp:
-        paths = {}
-        for name, data in subs.items():
-            p = Path(tmp) / f"{name}.ipynb"
-            p.write_bytes(data)
-            paths[name] = p
-        work = [(a, Submission(name, p)) for name, p in paths.items()]
-        results = {sub.key: res for (_, sub), res in grade_many(work, opts, {a.id: ag})}
-        results = {n: results[n] for n in paths}  # keep solution, blank, mutants in order
+    results = grade_submissions(a, subs, opts)
     mutants = load_mutants(a.mutants) if a.mutants.is_file() else []
     report = AuditReport(a.id, results, structure_problems(specs, mutants))
     sol, blank = results["solution"], results["blank"]
@@ -99,6 +128,7 @@ def audit(
         report.problems.append(
             f"blank notebook scores {blank.score:g} (status {blank.status}: {blank.reason[:200]})"
         )
+    report.problems += nonanswer_problems(results)
     total = sum(s.points for s in specs)
     for m in mutants:
         r = results[f"mutant-{m.name}"]

@@ -33,6 +33,9 @@ __all__ = [
     "fd_vjp",
     "check_vjp",
     "source_of",
+    "call_observed",
+    "call_checked",
+    "assert_python_float",
 ]
 
 # Relative accuracy a careful implementation reaches on a well-conditioned problem, per dtype.
@@ -251,6 +254,8 @@ def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, tuple]:
     remote = getattr(fn, "__tg_vjp__", None)
     if remote is not None:
         return remote(primals, cotangents)
+    if cotangents == (_OBSERVE,):
+        return _observed_call(fn, primals)
     xs = [p.detach().clone().requires_grad_(True) if _needs_grad(p) else p for p in primals]
     out = fn(*xs)
     outs = _as_tuple(out)
@@ -286,6 +291,92 @@ def grad(fn: Any, *inputs: Any) -> tuple:
     out, grads = vjp(fn, inputs, (torch.ones((), dtype=torch.float64),))
     del out
     return grads
+
+
+# --- side effects -----------------------------------------------------------------------------------
+# A call whose side effects are observed where the function runs: in the student's kernel for
+# public checks, in the sandbox in the grader. The request travels as a VJP whose cotangent is this
+# marker (the sandbox runs ``testing.vjp`` for it), so no new message is needed; what comes back is
+# data: the result and a report of what changed.
+_OBSERVE = "__tensorgrade_observe_side_effects__"
+
+
+def _observed_call(fn: Any, args: tuple) -> tuple[Any, dict]:
+    tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    before = [(i, a.detach().clone(), a.requires_grad, a.grad) for i, a in tensors]
+    grads_before = [None if g is None else g.detach().clone() for _, _, _, g in before]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    out = fn(*args)
+    changed = []
+    for (i, old, req, _), g0 in zip(before, grads_before, strict=True):
+        a = args[i]
+        g = a.grad
+        same_grad = (g is None and g0 is None) or (
+            g is not None and g0 is not None and torch.equal(g.detach(), g0)
+        )
+        same = (
+            a.shape == old.shape
+            and a.dtype == old.dtype
+            and torch.equal(a.detach(), old)
+            and a.requires_grad == req
+            and same_grad
+        )
+        if not same:
+            changed.append(i)
+    rng_changed = not torch.equal(rng, torch.get_rng_state())
+    if cuda_rng is not None:
+        after = torch.cuda.get_rng_state_all()
+        rng_changed = rng_changed or any(
+            not torch.equal(x, y) for x, y in zip(cuda_rng, after, strict=False)
+        )
+    return out, {"rng_changed": bool(rng_changed), "changed_inputs": changed}
+
+
+def call_observed(fn: Any, *args: Any) -> tuple[Any, dict]:
+    """``(fn(*args), effects)``: the call runs where ``fn`` lives (the sandbox in the grader),
+    which reports whether it changed the global random state (``effects["rng_changed"]``) and
+    which positional inputs it changed: values, ``requires_grad`` or ``.grad``
+    (``effects["changed_inputs"]``, their positions)."""
+    out, effects = vjp(fn, args, (_OBSERVE,))
+    if not isinstance(effects, dict):
+        raise TestFailure("the call could not be observed", "check_failed")
+    return out, effects
+
+
+def call_checked(fn: Any, *args: Any, names: Sequence[str] = (), what: str = "the function") -> Any:
+    """``fn(*args)``, failing the test if the call touched the global random state or changed
+    one of its tensor inputs (values, ``requires_grad`` or ``.grad``). ``names`` names the
+    positional inputs for the message."""
+    out, effects = call_observed(fn, *args)
+    if effects.get("rng_changed"):
+        raise TestFailure(
+            f"{what} changed the global random state (torch.manual_seed, torch.randn without a "
+            "generator...): use a torch.Generator of your own",
+            "check_failed",
+        )
+    changed = effects.get("changed_inputs") or []
+    if changed:
+        labels = [names[i] if i < len(names) else f"input {i}" for i in changed]
+        raise TestFailure(
+            f"{what} changed the caller's {', '.join(labels)} (values, requires_grad or .grad): "
+            "work on a copy, never in place on an input",
+            "check_failed",
+        )
+    return out
+
+
+def assert_python_float(actual: Any, what: str = "the result") -> float:
+    """The result must be a Python ``float`` (not a 0-d tensor, not an int)."""
+    if actual is None or actual is Ellipsis:
+        raise TestFailure(f"{what} is missing: fill in the blank and `return` it", "no_result")
+    if type(actual) is not float:
+        raise TestFailure(
+            f"{what} should be a Python float (use float(...) or .item()), got "
+            f"{type(actual).__name__}",
+            "wrong_type",
+        )
+    return actual
 
 
 def fd_vjp(
