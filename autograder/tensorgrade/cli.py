@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -78,8 +79,19 @@ def _grade(args: argparse.Namespace) -> int:
         gpu_slots=args.gpu_slots,
         judge_user=args.judge_user,
     )
+    slurm_only = [o for o, v in _slurm_given(args).items() if v]
+    if args.backend != "slurm" and slurm_only:
+        raise _UsageError(f"{', '.join(slurm_only)} need(s) --backend slurm")
     try:
-        results = grade_batch(root, args.paths, args.output, opts, args.assignment)
+        if args.backend == "slurm":
+            from .slurm import task_end
+
+            batch = _grade_slurm(root, args, opts)
+            if batch.results is None:  # submitted without waiting, or a dry run
+                return 0
+            results = batch.results
+        else:
+            results = grade_batch(root, args.paths, args.output, opts, args.assignment)
     except (FileNotFoundError, KeyError, GradingError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
@@ -99,7 +111,55 @@ def _grade(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
+    if args.backend == "slurm":
+        lost = [r.submission for r in results if task_end(r) is not None]
+        if lost:
+            print(
+                f"error: {len(lost)} submission(s) not graded because their Slurm task ended "
+                f"first ({', '.join(lost[:10])}{', ...' if len(lost) > 10 else ''}): their "
+                "reasons say how; run the same command again to grade them",
+                file=sys.stderr,
+            )
+            return 3
     return 0
+
+
+def _slurm_given(args: argparse.Namespace) -> dict[str, bool]:
+    """Which Slurm-only options the command line set (they need --backend slurm)."""
+    return {
+        "--per-task": args.per_task is not None,
+        "--cpus-per-task": args.cpus_per_task is not None,
+        "--mem": bool(args.mem),
+        "--time": bool(args.time),
+        "--partition": bool(args.partition),
+        "--account": bool(args.account),
+        "--sbatch": bool(args.sbatch),
+        "--task-wrapper": bool(args.task_wrapper),
+        "--no-wait": args.no_wait,
+        "--dry-run": args.dry_run,
+    }
+
+
+def _grade_slurm(root: Path, args: argparse.Namespace, opts):
+    from .slurm import DEFAULT_PER_TASK, SlurmOptions, grade_slurm
+
+    if (args.per_task is not None and args.per_task < 1) or (
+        args.cpus_per_task is not None and args.cpus_per_task < 1
+    ):
+        raise _UsageError("--per-task and --cpus-per-task must be at least 1")
+    sopts = SlurmOptions(
+        per_task=DEFAULT_PER_TASK if args.per_task is None else args.per_task,
+        cpus_per_task=args.cpus_per_task or 0,
+        mem=args.mem,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        sbatch=list(args.sbatch),
+        wrapper=shlex.split(args.task_wrapper),
+        wait=not args.no_wait,
+        dry_run=args.dry_run,
+    )
+    return grade_slurm(root, args.paths, args.output, opts, sopts, args.assignment)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -250,6 +310,67 @@ def make_parser() -> argparse.ArgumentParser:
         "root, to give each sandbox its own uid",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--backend",
+        choices=["local", "slurm"],
+        default="local",
+        help="local (default): a process pool on this machine; slurm: a Slurm job array over "
+        "the submissions that need grading (see docs/slurm.md); OUTPUT must be on storage the "
+        "cluster's nodes share",
+    )
+    sl = g.add_argument_group("Slurm backend (--backend slurm)")
+    sl.add_argument(
+        "--per-task",
+        type=int,
+        metavar="N",
+        help="submissions graded by one array task, one after another (default 4): one task "
+        "start-up serves them all",
+    )
+    sl.add_argument(
+        "--cpus-per-task",
+        type=int,
+        metavar="N",
+        help="default: one per submission graded at once (--jobs, or --gpu-slots)",
+    )
+    sl.add_argument(
+        "--mem",
+        default="",
+        help="memory per task, as sbatch writes it (default: the assignment's memory limit per "
+        "submission graded at once, plus 2 GiB for the judge)",
+    )
+    sl.add_argument(
+        "--time",
+        default="",
+        help="time limit per task, as sbatch writes it (default: --per-task times the "
+        "assignment's submission_timeout and startup_timeout, plus 5 minutes)",
+    )
+    sl.add_argument("--partition", default="", help="Slurm partition")
+    sl.add_argument("--account", default="", help="Slurm account")
+    sl.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="another sbatch option for the batch script, e.g. --sbatch=--qos=short (repeat it)",
+    )
+    sl.add_argument(
+        "--task-wrapper",
+        default="",
+        metavar="CMD",
+        help="run each task's interpreter under this command, e.g. 'apptainer exec --nv -B "
+        "/scratch grading.sif' (the grading image under the cluster's container runtime)",
+    )
+    sl.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and leave; running the same command again waits, or resubmits what is "
+        "missing, and writes grades.csv",
+    )
+    sl.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the batch script and the array that would be submitted; write nothing",
+    )
     g.set_defaults(func=_grade)
 
     au = sub.add_parser(

@@ -336,14 +336,32 @@ def _grade_job(job: tuple[Assignment, Submission], opts: GradeOptions, ag: str) 
     return grade_one(a, specs, sub, opts, ag, _worker_slot)
 
 
-def grade_batch(
+@dataclass
+class BatchPlan:
+    """What a batch holds and what of it needs grading: shared by the local pool and the Slurm
+    backend (``slurm.py``), so both reuse exactly the same results."""
+
+    jobs: list[tuple[Assignment, Submission]]  # every submission, in the intake's order
+    ags: dict[str, str]  # assignment id -> sha256 of its autograder bundle
+    reused: dict[str, SubmissionResult]  # key -> a result already up to date
+    todo: list[tuple[Assignment, Submission]]  # to grade
+
+
+def is_fresh(old: SubmissionResult, source_sha256: str, ag: str, engine: str) -> bool:
+    """Whether ``old`` is the result of grading these bytes with this autograder and engine."""
+    same = old.source_sha256 == source_sha256 and old.autograder_sha256 == ag
+    return same and old.engine == engine and not is_internal_error(old)
+
+
+def plan_batch(
     root: Path,
     paths: list[Path],
     out_dir: Path,
     opts: GradeOptions,
     assignment_id: str | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-) -> list[SubmissionResult]:
+) -> BatchPlan:
+    """Read the submissions and sort them into results to reuse and work to do."""
     from .course import get_assignments
     from .submissions import IntakeError, read_intake
 
@@ -378,9 +396,7 @@ def grade_batch(
         if not opts.force and path.is_file():
             try:
                 old = read_results_json(path)
-                same = old.source_sha256 == sha256(read_bytes(sub.path))
-                fresh = same and old.autograder_sha256 == ag[a.id] and old.engine == opts.engine
-                if fresh and not is_internal_error(old):
+                if is_fresh(old, sha256(read_bytes(sub.path)), ag[a.id], opts.engine):
                     if old.lms != sub.lms:  # the same work, now known to belong to someone
                         old.lms = dict(sub.lms)
                         write_results_json(old, path)
@@ -391,6 +407,19 @@ def grade_batch(
         todo.append((a, sub))
     if results:
         log(f"reusing {len(results)} result(s) already graded with the same autograder")
+    return BatchPlan(jobs, ag, results, todo)
+
+
+def grade_batch(
+    root: Path,
+    paths: list[Path],
+    out_dir: Path,
+    opts: GradeOptions,
+    assignment_id: str | None = None,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> list[SubmissionResult]:
+    plan = plan_batch(root, paths, out_dir, opts, assignment_id, log)
+    jobs, ag, results, todo = plan.jobs, plan.ags, dict(plan.reused), plan.todo
 
     bar = tqdm(
         total=len(todo), desc="grading", unit="nb", disable=not opts.progress, file=sys.stderr
