@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
 import sys
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from helpers import ASSIGNMENT_IDS, ROOT, Course
 
-from tensorgrade.course import Assignment, all_assignments
+from tensorgrade.course import Assignment
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT_IDS = [a.id for a in all_assignments(ROOT)]
+__all__ = ["ASSIGNMENT_IDS", "ROOT"]  # old imports `from conftest import ...`: use helpers
+
+# Markers given by what a test needs, not by where it is: a test that uses a built course needs
+# `otter assign` (seconds per assignment).
+NEEDS_BUILD = {"built_course", "built"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,19 +27,54 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("TENSORGRADE_FUZZ", "long")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEEDS_BUILD & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.build)
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
 
 
 @pytest.fixture(scope="session")
-def built() -> dict[str, Assignment]:
-    """Build every assignment once per test session (dist/ is build output)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tensorgrade", "build"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {a.id: a for a in all_assignments(ROOT)}
+def built_course(tmp_path_factory) -> Course:
+    """The course built in a temporary folder, each assignment on first use
+    (``built_course["01_tensors"]``): tests never write into the repository."""
+    return Course(tmp_path_factory.mktemp("course") / "course")
+
+
+class _InRepo(Mapping[str, Assignment]):
+    """The builds of ``built_course`` copied to the repository's own dist/, on first use."""
+
+    def __init__(self, course: Course):
+        self._course = course
+        self._done: dict[str, Assignment] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, aid: str) -> Assignment:
+        with self._lock:
+            if aid not in self._done:
+                built = self._course[aid]
+                a = Assignment(aid, ROOT)
+                shutil.rmtree(a.dist, ignore_errors=True)
+                shutil.copytree(built.dist, a.dist)
+                self._done[aid] = a
+            return self._done[aid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ASSIGNMENT_IDS)
+
+    def __len__(self) -> int:
+        return len(ASSIGNMENT_IDS)
+
+
+@pytest.fixture(scope="session")
+def built(built_course) -> Mapping[str, Assignment]:
+    """Deprecated: ``built_course``, each build also copied to the repository's dist/ (for tests
+    that still read ``ROOT / "dist"`` or grade with ``cwd=ROOT``). New tests use built_course."""
+    return _InRepo(built_course)
 
 
 @pytest.fixture

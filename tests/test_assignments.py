@@ -8,40 +8,57 @@
   answer with readable messages.
 """
 
+import os
 import shutil
+from unittest import mock
 
 import nbformat
 import pytest
+from helpers import ASSIGNMENT_IDS
 from nbclient import NotebookClient
 
-from conftest import ASSIGNMENT_IDS
 from tensorgrade.audit import audit, format_report
 
 pytestmark = pytest.mark.slow
 
-_reports: dict = {}
+# One torch thread per otter kernel. `otter run` starts a kernel per notebook whose torch takes
+# every core; with two kernels at once on CI's two cores, their OpenMP threads spin-wait on each
+# other and each notebook costs about twice the CPU (measured: 4 notebooks of 02_autodiff with
+# -j 2 took 79 CPU-s with the default threads, 39 CPU-s with one). The trusted engine's sandboxes
+# and judge workers already run one thread each; scores do not depend on the thread count.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _report(a, engine):
-    key = (a.id, engine)
-    if key not in _reports:
-        _reports[key] = audit(a, engine=engine, jobs=2)
-    return _reports[key]
+@pytest.fixture(scope="module")
+def reports():
+    """Audit reports by (assignment id, engine), each computed once for the module."""
+    done = {}
+
+    def report(a, engine):
+        key = (a.id, engine)
+        if key not in done:
+            with mock.patch.dict(os.environ, ONE_THREAD if engine == "otter" else {}):
+                done[key] = audit(a, engine=engine, jobs=2)
+        return done[key]
+
+    return report
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_audit_with_trusted_engine(aid, built):
-    report = _report(built[aid], "trusted")
+def test_audit_with_trusted_engine(aid, built_course, reports):
+    report = reports(built_course[aid], "trusted")
     print(format_report(report))
     assert report.ok, format_report(report)
     assert len(report.results) >= 2 + 2 * len(report.results["solution"].question_scores())
     assert all(r.isolation_level in ("full", "reduced") for r in report.results.values())
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_same_scores_as_otter_on_honest_work(aid, built):
-    trusted = _report(built[aid], "trusted")
-    otter = _report(built[aid], "otter")
+def test_same_scores_as_otter_on_honest_work(aid, built_course, reports):
+    trusted = reports(built_course[aid], "trusted")
+    otter = reports(built_course[aid], "otter")
     assert set(trusted.results) == set(otter.results)
     differ = {
         name: (trusted.results[name].question_scores(), otter.results[name].question_scores())
@@ -52,8 +69,8 @@ def test_same_scores_as_otter_on_honest_work(aid, built):
 
 
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_blank_student_notebook_runs_top_to_bottom(aid, built, tmp_path):
-    a = built[aid]
+def test_blank_student_notebook_runs_top_to_bottom(aid, built_course, tmp_path):
+    a = built_course[aid]
     work = tmp_path / aid  # a copy: running a notebook leaves files (.OTTER_LOG) next to it
     shutil.copytree(a.student_dir, work)
     nb = nbformat.read(work / a.student.name, as_version=4)
@@ -74,9 +91,9 @@ def test_blank_student_notebook_runs_top_to_bottom(aid, built, tmp_path):
 
 
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_solution_passes_every_public_check_in_a_kernel(aid, built, tmp_path):
+def test_solution_passes_every_public_check_in_a_kernel(aid, built_course, tmp_path):
     """What a student who solved everything sees: every grader.check passes in their own kernel."""
-    a = built[aid]
+    a = built_course[aid]
     work = tmp_path / aid
     shutil.copytree(a.student_dir, work)
     shutil.copy(a.solution, work / a.student.name)

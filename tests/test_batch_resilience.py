@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
+from helpers import encrypted
 
 from tensorgrade import grading, otter_engine
 from tensorgrade.cli import main
@@ -158,23 +159,6 @@ def test_worker_processes_contain_errors_too(tmp_path, capfd):
 
 
 # -- end to end --------------------------------------------------------------------------------
-def encrypted(data: bytes) -> bytes:
-    """A zip made by zipfile, with the 'encrypted' flag (general-purpose bit 0) set in each local
-    header and central directory record, as a password-protected zip has it."""
-    out = bytearray(data)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        infos, pos = z.infolist(), z.start_dir
-    for info in infos:
-        assert out[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
-        out[info.header_offset + 6] |= 1
-    for _ in infos:
-        assert out[pos : pos + 4] == b"PK\x01\x02"
-        out[pos + 8] |= 1
-        n, m, k = (int.from_bytes(out[pos + o : pos + o + 2], "little") for o in (28, 30, 32))
-        pos += 46 + n + m + k
-    return bytes(out)
-
-
 def _bad_notebooks(solution: bytes) -> dict[str, tuple[bytes, str]]:
     nb = json.loads(solution)
     code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
@@ -211,8 +195,9 @@ def _bad_notebooks(solution: bytes) -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.slow
-def test_a_batch_with_hostile_submissions_is_graded_to_the_end(built, root, tmp_path):
-    a = built["01_tensors"]
+@pytest.mark.sandbox
+def test_a_batch_with_hostile_submissions_is_graded_to_the_end(built_course, tmp_path):
+    a = built_course["01_tensors"]
     subs = tmp_path / "subs"
     subs.mkdir()
     (subs / "ada.ipynb").write_bytes(a.solution.read_bytes())
@@ -221,7 +206,7 @@ def test_a_batch_with_hostile_submissions_is_graded_to_the_end(built, root, tmp_
         (subs / name).write_bytes(data)
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(subs), "-a", a.id, "-o", str(out)]
-    proc = subprocess.run([*cmd, "-j", "2", "-q"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([*cmd, "-j", "2", "-q"], cwd=a.root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]  # hostile input is not a grader error
     keys = {"ada", *(Path(n).stem for n in bad)}
     assert {p.parent.name for p in out.glob("*/results.json")} == keys

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import encrypted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -231,25 +232,6 @@ def make_zip(members: list[tuple[str, bytes]], method: int) -> bytes:
         for name, data in members:
             z.writestr(name, data)
     return buf.getvalue()
-
-
-def encrypted(data: bytes, every: bool = True) -> bytes:
-    """``data`` (a zip) with the 'encrypted' flag (bit 0) set in the local header and the central
-    directory record of its members, as a password-protected zip has it."""
-    out = bytearray(data)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        infos, pos = z.infolist(), z.start_dir
-    for i, info in enumerate(infos):
-        if not every and i:
-            break
-        out[info.header_offset + 6] |= 1
-    for i in range(len(infos)):
-        assert out[pos : pos + 4] == b"PK\x01\x02"
-        if every or i == 0:
-            out[pos + 8] |= 1
-        n, m, k = (int.from_bytes(out[pos + o : pos + o + 2], "little") for o in (28, 30, 32))
-        pos += 46 + n + m + k
-    return bytes(out)
 
 
 @given(

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sandbox]
 
 
 @pytest.mark.parametrize("engine", ["trusted", "otter"])
-def test_grade_batch_writes_results_and_resumes(engine, built, root, tmp_path):
-    a = built["01_tensors"]
+def test_grade_batch_writes_results_and_resumes(engine, built_course, tmp_path):
+    a = built_course["01_tensors"]
     subs = tmp_path / "subs"
     subs.mkdir()
     shutil.copy(a.solution, subs / "ada.ipynb")
@@ -22,7 +22,7 @@ def test_grade_batch_writes_results_and_resumes(engine, built, root, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(subs), "-a", a.id, "-o", str(out)]
     proc = subprocess.run(
-        [*cmd, "--engine", engine, "-j", "2"], cwd=root, capture_output=True, text=True
+        [*cmd, "--engine", engine, "-j", "2"], cwd=a.root, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "grading" in proc.stderr  # the progress bar
@@ -38,10 +38,10 @@ def test_grade_batch_writes_results_and_resumes(engine, built, root, tmp_path):
     assert hidden and not any("def test_" in t["output"] for t in hidden)
     assert bob["extra_data"]["engine"] == engine
 
-    again = subprocess.run([*cmd, "--engine", engine], cwd=root, capture_output=True, text=True)
+    again = subprocess.run([*cmd, "--engine", engine], cwd=a.root, capture_output=True, text=True)
     assert again.returncode == 0
     assert "reusing 3 result(s)" in again.stderr
     (out / "ada" / "results.json").unlink()  # as if the batch had been killed before ada
-    third = subprocess.run([*cmd, "--engine", engine], cwd=root, capture_output=True, text=True)
+    third = subprocess.run([*cmd, "--engine", engine], cwd=a.root, capture_output=True, text=True)
     assert "reusing 2 result(s)" in third.stderr
     assert json.loads((out / "ada" / "results.json").read_text())["score"] == 100

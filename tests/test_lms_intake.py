@@ -672,19 +672,20 @@ def test_results_of_a_download_are_pushed_without_a_roster(graded, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_a_canvas_zip_graded_for_real(built, root, tmp_path):
+@pytest.mark.sandbox
+def test_a_canvas_zip_graded_for_real(built_course, tmp_path):
     """The trusted engine on a downloaded zip: the latest upload is graded, the earlier one is
     not, and the export finds the Canvas user without a roster."""
     import subprocess
 
-    a = built["01_tensors"]
+    a = built_course["01_tensors"]
     zip_path = tmp_path / "submissions.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(a.student, "doejane_12345_501_01_tensors.ipynb")  # blank: 0 points
         z.write(a.solution, "doejane_LATE_12345_678_01_tensors-1.ipynb")  # resubmitted
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(zip_path), "-a", a.id, "-o", str(out)]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=a.root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "earlier, not graded: doejane_12345_501_01_tensors.ipynb" in proc.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["doejane_12345"]
@@ -692,7 +693,7 @@ def test_a_canvas_zip_graded_for_real(built, root, tmp_path):
     assert res.score == res.max_score == 100 and res.lms["canvas_user_id"] == "12345"
     export = subprocess.run(
         [sys.executable, "-m", "tensorgrade", "export", str(out), "--format", "canvas"],
-        cwd=root, capture_output=True, text=True,
+        cwd=a.root, capture_output=True, text=True,
     )  # fmt: skip
     assert export.returncode == 0, export.stderr
     assert export.stdout.splitlines()[2] == "doejane,12345,,,,100"

@@ -27,6 +27,7 @@ if CHROMIUM is None and os.environ.get("TENSORGRADE_REQUIRE_BROWSER") == "1":
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.browser,
     pytest.mark.skipif(
         CHROMIUM is None,
         reason="no `chromium` binary on PATH (Debian: apt-get install -y chromium)",

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_fuzz_intake import encrypted
+from helpers import encrypted
 
 from tensorgrade.results import (
     MAX_RESULTS_BYTES,
