@@ -8,8 +8,8 @@ grading them (slow), that no assignment gives them a point.
 
 import pytest
 import torch
+from helpers import ASSIGNMENT_IDS
 
-from conftest import ASSIGNMENT_IDS
 from tensorgrade.audit import grade_submissions, nonanswer_problems
 from tensorgrade.grading import GradeOptions
 from tensorgrade.mutants import (
@@ -54,8 +54,8 @@ def test_class_non_answers_are_autograd_functions():
         assert t.shape == x.shape
 
 
-def test_graded_names_are_the_test_parameters(built):
-    a = built["01_tensors"]
+def test_graded_names_are_the_test_parameters(built_course):
+    a = built_course["01_tensors"]
     names = graded_names(load_tests(a.tests_dir))
     assert {"gaussian_density", "rgb_to_gray", "pick_device", "variance"} <= set(names)
     subs = nonanswer_submissions(a, load_tests(a.tests_dir))
@@ -81,8 +81,8 @@ def test_audit_names_a_scoring_non_answer_and_its_tests():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
-def test_no_non_answer_scores_a_point(aid, built):
-    a = built[aid]
+def test_no_non_answer_scores_a_point(aid, built_course):
+    a = built_course[aid]
     subs = nonanswer_submissions(a, load_tests(a.tests_dir))
     results = grade_submissions(a, subs, GradeOptions(engine="trusted", jobs=2, progress=False))
     scores = {name: r.score for name, r in results.items()}
