@@ -227,13 +227,16 @@ def run(root: Path | None = None) -> int:
         from .grading import GradeOptions, grade_one, is_internal_error
 
         print(f"grading {sub.path.relative_to(root)} for {a.id} ...", flush=True)
+        graded: SubmissionResult | None
         try:
-            res = grade_one(a, specs, sub, GradeOptions(progress=False), ag)
+            graded = grade_one(a, specs, sub, GradeOptions(progress=False), ag)
         except Exception:  # noqa: BLE001 - our bug, not the student's: say so, keep a result
             traceback.print_exc(file=sys.stdout)
-            res = None
-        if res is None or is_internal_error(res):  # grade_one logged its traceback to stderr
+            graded = None
+        if graded is None or is_internal_error(graded):  # grade_one logged its traceback
             res, code = _ungradable(a, specs, ag, _AUTOGRADER_BROKEN, key), 1
+        else:
+            res = graded
     write_results_json(res, out)
     _print_summary(res, out)
     return code

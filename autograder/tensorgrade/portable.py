@@ -35,7 +35,7 @@ class Portable:
             raise KeyError(f"no portable function {name!r}; known: {', '.join(sorted(REGISTRY))}")
         self.name = name
         self.params = params
-        self.calls = 0
+        self.calls: float = 0  # NaN where the calls could not be counted (judge/proxy.py)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1

@@ -193,7 +193,8 @@ def helper_dependencies(root: Path) -> list[str]:
 
 
 def _pyproject(deps: list[str]) -> str:
-    requires_python = importlib.metadata.metadata("tensorgrade").get("Requires-Python") or ">=3.11"
+    meta = importlib.metadata.metadata("tensorgrade")
+    requires_python = meta["Requires-Python"] or ">=3.11"
     lines = "".join(f'    "{d}",\n' for d in deps)
     return f"""\
 # The course's test helpers (tensorgrade.testing, tensorgrade.portable) as an installable package:

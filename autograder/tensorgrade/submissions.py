@@ -23,7 +23,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -694,10 +694,10 @@ def _parse_float(text: str) -> float:
 
 def _too_deep(value: object, limit: int) -> bool:
     """Whether containers nest more than ``limit`` levels (iteratively: no recursion limit)."""
-    stack = [(value, 1)]
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        children = v.values() if isinstance(v, dict) else v
+        children: Iterable[object] = v.values() if isinstance(v, dict) else v  # type: ignore[assignment] # noqa: E501
         for c in children:
             if isinstance(c, (dict, list)):
                 if depth + 1 > limit:

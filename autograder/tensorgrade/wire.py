@@ -90,10 +90,11 @@ class _Encoder:
             return {"__remote__": x.token, "name": x.name}
         if self.portable_type is not None and isinstance(x, self.portable_type):
             self.portables.append(x)
+            p: Any = x  # a portable object (portable.py): a name and its parameters
             return {
-                "__portable__": x.name,
+                "__portable__": p.name,
                 "id": len(self.portables) - 1,
-                "params": self.enc(dict(x.params), depth + 1),
+                "params": self.enc(dict(p.params), depth + 1),
             }
         raise WireError(
             f"a value of type {type(x).__name__} cannot be graded: use tensors, numbers, "
@@ -249,7 +250,7 @@ class Decoder:
                 raise WireError("malformed tensor shape") from None
         else:  # the tensor owns its copy of its bytes (one copy, never shared)
             t = torch.frombuffer(bytearray(self.blob[off : off + n]), dtype=dtype).reshape(shape)
-        device = self.device_map.get(spec.get("device"), "cpu")
+        device = self.device_map.get(str(spec.get("device")), "cpu")
         if device == "cpu":
             return t
         try:

@@ -17,7 +17,9 @@ FILE_MODE = 0o644
 EXEC_MODE = 0o755
 
 
-def write_zip(path: Path, members: dict[str, bytes], executable: set[str] = frozenset()) -> Path:
+def write_zip(
+    path: Path, members: dict[str, bytes], executable: frozenset[str] | set[str] = frozenset()
+) -> Path:
     """Write ``members`` (archive name -> content) to ``path``, sorted, with fixed metadata.
 
     Names in ``executable`` get mode 0755 (scripts a grading service runs), all others 0644.

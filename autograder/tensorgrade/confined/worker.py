@@ -21,7 +21,8 @@ class _Capped(io.TextIOBase):
     """A stdout that keeps at most ``cap`` characters (an output flood costs nothing)."""
 
     def __init__(self, cap: int):
-        self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
+        self.cap, self.size, self.dropped = cap, 0, 0
+        self.parts: list[str] = []
 
     def write(self, s: str) -> int:
         if self.size < self.cap:

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 from .. import protocol, wire
 from ..images import acceptable_png
@@ -351,7 +352,10 @@ def _run_cells(session: Session, notes: list[str], stdout: list[str], figures: l
                     )
                 return
         try:
-            msg, _ = session.ask({"op": "run", "source": src}, limits.cell_timeout, (protocol.Ran,))
+            answer, _ = session.ask(
+                {"op": "run", "source": src}, limits.cell_timeout, (protocol.Ran,)
+            )
+            msg = cast(protocol.Ran, answer)  # ask() returns only the types it was told to expect
         except SandboxGone as e:
             if e.failure == TIMED_OUT:
                 notes.append(f"cell {i} {e.detail}")
@@ -406,16 +410,17 @@ def _run_tests(session: Session, specs: list[TestSpec]) -> list[TestResult]:
         failure, text = _prepare(session)
         if not failure and present is None:
             try:
-                msg, _ = session.ask(
+                answer, _ = session.ask(
                     {"op": "names", "names": names}, session.limits.call_timeout, (protocol.Names,)
                 )
-                present = {k: v for k, v in msg.names.items() if k in names}
+                found = cast(protocol.Names, answer).names
+                present = {k: v for k, v in found.items() if k in names}
             except SandboxGone as e:
                 failure, text = e.failure, f"not run: the sandbox failed ({e.detail})"
         if failure:
             out[i] = not_run(s, FAILURES[failure] if s.hidden else text, failure)
             continue
-        out[i] = _run_test(session, s, present)
+        out[i] = _run_test(session, s, present or {})
     return [out[i] for i in range(len(specs))]
 
 

@@ -265,10 +265,10 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
-        self.req_w = self.resp_r = None
+        self.req_w = self.resp_r = None  # type: ignore[assignment]  # closed: unusable after close
         if getattr(self, "_stderr", None) is not None:
             self._stderr.close()
-            self._stderr = None
+            self._stderr = None  # type: ignore[assignment]
 
 
 class Zygote:

@@ -436,9 +436,10 @@ class Pusher:
                 and (current is None or abs(float(current) - t.grade) >= SCORE_TOLERANCE)
             )
             changes = []
+            grade = t.grade if t.grade is not None else 0.0  # used only where set_grade holds it
             if set_grade:
                 old = "-" if current is None else points(float(current))
-                changes.append(f"score {old} -> {points(t.grade)}")
+                changes.append(f"score {old} -> {points(grade)}")
             if not has_comment:
                 changes.append("add feedback comment")
             note = "; excused in Canvas, score left alone" if excused else ""
@@ -449,14 +450,14 @@ class Pusher:
                 return Outcome(t, "would update", ", ".join(changes) + note)
             kwargs: dict = {}
             if set_grade:
-                kwargs["submission"] = {"posted_grade": points(t.grade)}
+                kwargs["submission"] = {"posted_grade": points(grade)}
                 # points, even where a grading scheme has a grade of that name ("8")
                 kwargs["prefer_points_over_scheme"] = "true"
             if not has_comment:
                 kwargs["comment"] = {"text_comment": t.comment}
             sub.edit(**kwargs)
             stored = getattr(sub, "score", None)
-            if set_grade and (stored is None or abs(float(stored) - t.grade) >= SCORE_TOLERANCE):
+            if set_grade and (stored is None or abs(float(stored) - grade) >= SCORE_TOLERANCE):
                 note += f"; Canvas stored score {stored} (grading type?)"
             return Outcome(t, "updated", ", ".join(changes) + note)
 

@@ -167,7 +167,7 @@ def carried(result: SubmissionResult) -> list[Student]:
             if not values[c].isdigit():
                 values[c] = ""
         if values["name"] or any(values[c] for c in IDENTITY):
-            out.append(Student(submission=result.submission, line=0, **values))
+            out.append(Student(result.submission, 0, **values))  # type: ignore[arg-type]
     return out
 
 

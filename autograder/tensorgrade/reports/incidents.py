@@ -46,9 +46,9 @@ def incidents(result: SubmissionResult) -> Incidents:
         if t.passed:
             continue
         if t.failure:  # recorded as data: no guessing from the wording
-            bucket = {R.TIMED_OUT: "timed_out", R.CRASHED: "crashed"}.get(t.failure, "-")
+            kind = {R.TIMED_OUT: "timed_out", R.CRASHED: "crashed"}.get(t.failure, "-")
             first = (t.output.strip().splitlines() or [""])[0]
-            lines.append((bucket, f"{t.name}: {first}"))
+            lines.append((kind, f"{t.name}: {first}"))
         else:
             lines += [("", ln) for ln in t.output.splitlines()]
     for kind, line in lines:

@@ -108,6 +108,7 @@ class Zygote:
                 self.sock.sendall(protocol.encode(protocol.Spawned(0, 0, f"refused: {e}")))
                 continue
             self._reap_statuses()
+            reply: protocol.Spawned | protocol.Reaped | protocol.Exited
             if isinstance(req, protocol.Spawn):
                 reply = self.spawn(req, fds)
             else:
