@@ -39,8 +39,12 @@ lint: setup
 test: lint
 	$(PY) -m pytest --durations=15
 
+# The inner loop (under 30 s on a dev machine): everything but what takes seconds per test (slow:
+# whole notebooks graded, kernels, many sandboxes) or needs a service (Docker, Slurm, the grading
+# image, a package index, a browser). Tests of a built course build only what they use.
+FAST := not slow and not docker and not slurm and not image and not release and not browser
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "$(FAST)" --durations=5
 
 clean:
 	rm -rf dist results .pytest_cache .ruff_cache
