@@ -323,7 +323,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--per-task",
         type=int,
         metavar="N",
-        help="submissions graded by one array task, one after another (default 4): one task "
+        help="submissions graded by one array task, one after another (default 8): one task "
         "start-up serves them all",
     )
     sl.add_argument(

@@ -67,7 +67,7 @@ from .submissions import Submission, Ungradable, read_bytes, sha256
 
 STATE_DIR = ".slurm"
 MANIFEST_VERSION = 1
-DEFAULT_PER_TASK = 4
+DEFAULT_PER_TASK = 8  # a task's start-up (~10 s under load here) against ~2-8 s per submission
 # seconds a task may spend before and after its submissions (interpreter, torch, the judge)
 STARTUP_SECONDS = 300
 # memory of the judge and the sandbox starter, on top of the sandboxes' own limit
