@@ -254,7 +254,7 @@ def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, tuple]:
     remote = getattr(fn, "__tg_vjp__", None)
     if remote is not None:
         return remote(primals, cotangents)
-    if cotangents == (_OBSERVE,):
+    if len(cotangents) == 1 and isinstance(cotangents[0], str) and cotangents[0] == _OBSERVE:
         return _observed_call(fn, primals)
     xs = [p.detach().clone().requires_grad_(True) if _needs_grad(p) else p for p in primals]
     out = fn(*xs)
