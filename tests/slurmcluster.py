@@ -110,7 +110,7 @@ def start(workdir: Path | None = None, timeout: float = 60.0) -> Cluster:
     others through: munged runs as the munge user (pytest's own temp folders do not)."""
     t0 = time.monotonic()
     own = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="tensorgrade-slurm-")) if own else Path(workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="tensorgrade-slurm-") if workdir is None else workdir)
     for d in ("state", "spool", "log", "run"):
         (workdir / d).mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)  # jobs of other users must reach the spool (execve of the script)

@@ -390,8 +390,8 @@ def account(
                 f"{how.value} before grading them ({_AGAIN})"
             )
     if len(ended) == len(array.manifest.tasks):
-        states = {i: how.value for i, how in ended_states(array.job_id).items()}
-        atomic_write_text(array.folder / "ended.json", json.dumps({"tasks": states}) + "\n")
+        ended_as = {i: how.value for i, how in ended_states(array.job_id).items()}
+        atomic_write_text(array.folder / "ended.json", json.dumps({"tasks": ended_as}) + "\n")
         return True
     return False
 
@@ -651,7 +651,9 @@ def watch(out_dir: Path, progress: bool, log: Callable[[str], None], poll: float
     try:
         while arrays:
             owner = owners(out_dir)  # another command may have submitted meanwhile
-            done, total, counts, still = 0, 0, {}, []
+            done, total = 0, 0
+            counts: dict[str, int] = {}
+            still: list[Array] = []
             for arr in arrays:
                 live = live_tasks(arr.job_id)
                 if live is None:  # the controller did not answer: conclude nothing, ask again
