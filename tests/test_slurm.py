@@ -176,6 +176,7 @@ def test_dry_run_prints_a_script_and_writes_nothing(built, tmp_path):
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(subs), "-a", "01_tensors"]
     cmd += ["-o", str(out), "--backend", "slurm", "--dry-run", "--per-task", "2"]
     cmd += ["--partition", "gpu", "--gpu-slots", "2", "--sbatch=--qos=short"]
+    cmd += ["--task-wrapper", "apptainer exec --nv '/shared/grading image.sif'"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}  # --gpu-slots checks that a GPU is seen
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -183,7 +184,8 @@ def test_dry_run_prints_a_script_and_writes_nothing(built, tmp_path):
     assert "#SBATCH --array=0-1\n" in text and "#SBATCH --partition=gpu\n" in text
     assert "#SBATCH --gres=gpu:1\n" in text and "#SBATCH --cpus-per-task=2\n" in text
     assert "#SBATCH --qos=short\n" in text and "#SBATCH --time=" in text
-    assert f"exec {sys.executable} -m tensorgrade.slurm task" in text
+    wrapped = f"apptainer exec --nv '/shared/grading image.sif' {sys.executable}"
+    assert f"exec {wrapped} -m tensorgrade.slurm task" in text
     assert "task 0: ada cy" in text and "task 1: bob" in text
     script = text[text.index("#!/bin/bash") : text.index("# array 0-1")]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
