@@ -69,3 +69,21 @@ def test_build_script_refuses_a_folder_that_is_not_a_built_course(tmp_path):
                           env=env)  # fmt: skip
     assert proc.returncode == 1
     assert f"{tmp_path} has no assignments/ (is it a course root?)" in proc.stderr
+
+
+def test_grade_refuses_another_torch_than_the_environment_promises(tmp_path):
+    """The image and run_autograder set TENSORGRADE_TORCH_VERSION to the pin: grading on another
+    torch stops before anything is graded, with a message that says which is which."""
+    import torch
+
+    env = {**os.environ, "TENSORGRADE_TORCH_VERSION": "0.0.1", "TENSORGRADE_ROOT": str(ROOT)}
+    cmd = [sys.executable, "-m", "tensorgrade", "grade", str(tmp_path), "-a", "01_tensors"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        f"promises torch 0.0.1 (TENSORGRADE_TORCH_VERSION) but imports torch {torch.__version__}"
+        in (proc.stderr)
+    )
+    env["TENSORGRADE_TORCH_VERSION"] = torch.__version__.split("+")[0]  # the same: no complaint
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert "promises torch" not in proc.stderr

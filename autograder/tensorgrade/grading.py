@@ -363,9 +363,12 @@ def plan_batch(
 ) -> BatchPlan:
     """Read the submissions and sort them into results to reuse and work to do."""
     from .course import get_assignments
+    from .pins import torch_pin_mismatch
     from .submissions import IntakeError, read_intake
 
     _gpu_plan(opts)  # fail before any work if --gpu-slots can't be honoured
+    if mismatch := torch_pin_mismatch():
+        raise GradingError(mismatch)
     if opts.judge_user:
         check_judge_user(opts.judge_user)
     try:  # LMS downloads are expanded where the judge user can read them
