@@ -119,6 +119,9 @@ class SubmissionResult:
     # who the submission belongs to, as the LMS's download said (``lms/downloads.py``): e.g.
     # {"source": "canvas", "canvas_user_id": "12345", "late": true, "members": [...]}; {} if none
     lms: dict = field(default_factory=dict)
+    # how the batch job that should have graded this submission ended without grading it (a
+    # ``slurm.TaskEnd`` value: "CANCELLED", "TIMEOUT", ...); "" for a result a grader wrote
+    batch_end: str = ""
 
     def __setattr__(self, name: str, value: object) -> None:
         super().__setattr__(name, clean_text(value) if isinstance(value, str) else value)
@@ -177,6 +180,7 @@ class SubmissionResult:
                 "gpu": self.gpu,
                 "judge_user": self.judge_user,
                 "lms": self.lms,
+                "batch_end": self.batch_end,
                 "tests": [asdict(t) for t in self.tests],
             },
         }
@@ -202,6 +206,7 @@ class SubmissionResult:
             gpu=extra.get("gpu", {}),
             judge_user=extra.get("judge_user", ""),
             lms=extra["lms"] if isinstance(extra.get("lms"), dict) else {},
+            batch_end=str(extra.get("batch_end") or ""),
         )
 
 

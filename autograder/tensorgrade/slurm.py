@@ -90,7 +90,7 @@ class TaskEnd(enum.Enum):
 
 
 _AGAIN = "it is regraded on the next run of the same command"
-# The reason each result of such a task carries, exactly (``task_end`` reads it back).
+# The reason each result of such a task carries, for people (the state itself is in batch_end).
 TASK_END_REASONS: dict[TaskEnd, str] = {
     TaskEnd.COMPLETED: f"the grading job ended without grading this submission; {_AGAIN}",
     TaskEnd.FAILED: f"the grading job failed before grading this submission (see its log); {_AGAIN}",
@@ -103,7 +103,6 @@ TASK_END_REASONS: dict[TaskEnd, str] = {
     TaskEnd.DEADLINE: f"the grading job reached its deadline before this submission; {_AGAIN}",
     TaskEnd.UNKNOWN: f"the grading job ended without a result for this submission; {_AGAIN}",
 }
-_BY_REASON = {v: k for k, v in TASK_END_REASONS.items()}
 # Slurm states of a task that may still write results
 LIVE_STATES = {
     "PENDING",
@@ -126,7 +125,9 @@ LIVE_STATES = {
 def task_end(res: SubmissionResult) -> TaskEnd | None:
     """How the task that should have graded ``res``'s submission ended, if that is what
     ``res`` records (None for a result the grader wrote)."""
-    return _BY_REASON.get(res.reason) if res.status == "ungradable" else None
+    if res.status != "ungradable" or not res.batch_end:
+        return None
+    return _end(res.batch_end)
 
 
 @dataclass
@@ -401,6 +402,7 @@ def failure_result(e: Entry, how: TaskEnd, engine: str, root: Path) -> Submissio
     source hash (so it is never reused)."""
     reason = TASK_END_REASONS[how]
     res = SubmissionResult(e.assignment, e.key, engine, "ungradable", reason=reason)
+    res.batch_end = how.value
     try:
         a = get_assignments(root, [e.assignment])[0]
         res.tests = [not_run(s, reason) for s in _specs(a.tests_dir, e.autograder_sha256)]
