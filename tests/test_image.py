@@ -173,7 +173,8 @@ def image(engine, course):
         os.environ.get("TENSORGRADE_TEST_REUSE_IMAGE")
         and not docker("image", "inspect", TAG).returncode
     ):
-        return TAG
+        yield TAG
+        return
     env = {**os.environ, "TAG": TAG, "TORCH_INDEX": TORCH_INDEX, "PYTHON": sys.executable}
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -187,7 +188,8 @@ def image(engine, course):
     _measured("make image", time.monotonic() - t0)
     size = int(docker("image", "inspect", "-f", "{{.Size}}", TAG, check=True).stdout)
     print(f"[image] {TAG}: {size / 1e6:.0f} MB", file=sys.stderr)
-    return TAG
+    yield TAG
+    docker("rmi", "-f", TAG, GS_TAG)  # the test's images only; the base is kept for the next run
 
 
 def _result(results: Path, name: str) -> dict:
@@ -358,7 +360,7 @@ def gradescope(engine, image, course, workdir):
         "WORKDIR /autograder\n"
     )
     t0 = time.monotonic()
-    proc = docker("build", "--network", "host", "-t", GS_TAG, str(ctx), timeout=2400)
+    proc = docker("build", "--force-rm", "--network", "host", "-t", GS_TAG, str(ctx), timeout=2400)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     _measured("Gradescope image (setup.sh included)", time.monotonic() - t0)
     assert "tensorgrade setup +" in proc.stdout and "ready" in proc.stdout

@@ -123,8 +123,10 @@ say "wheelhouse: $(du -sh "$WHEELHOUSE" | cut -f1)"
 say "docker build -t $TAG (base $BASE_IMAGE)"
 start=$(date +%s)
 say "build context: $(du -sh "$CONTEXT" | cut -f1)"
-docker build --network none -f "$REPO/autograder/docker/Dockerfile" \
+docker build --force-rm --network none -f "$REPO/autograder/docker/Dockerfile" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg TORCH_VERSION="$TORCH_VERSION" \
     --build-arg VARIANT="$VARIANT" -t "$TAG" "$CONTEXT" >&2
+# the install stage's image (untagged, ~2 GB) is no longer needed once the image is made
+docker image prune -f --filter label=tensorgrade.stage=install >/dev/null || true
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
 say "built $TAG in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
