@@ -247,7 +247,7 @@ def _needs_grad(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
 
 
-def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, tuple]:
+def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, Any]:
     """``(fn(*primals), J^T v)`` by reverse mode (``.backward``), with ``None`` for inputs that
     are not floating tensors or that the output does not depend on."""
     primals, cotangents = _as_tuple(primals), _as_tuple(cotangents)
@@ -265,6 +265,7 @@ def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, tuple]:
         for o, c in zip(outs, cotangents, strict=False)
         if isinstance(o, torch.Tensor) and o.requires_grad
     ]
+    grads: tuple[torch.Tensor | None, ...]
     if pairs and wrt:
         grads = torch.autograd.grad(
             [o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True
@@ -283,7 +284,8 @@ def jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Any, Any]:
     remote = getattr(fn, "__tg_jvp__", None)
     if remote is not None:
         return remote(primals, tangents)
-    return torch.func.jvp(fn, primals, tangents)
+    out = torch.func.jvp(fn, primals, tangents)
+    return out[0], out[1]
 
 
 def grad(fn: Any, *inputs: Any) -> tuple:
@@ -388,7 +390,7 @@ def fd_vjp(
     """
     primals = tuple(p.detach().to(torch.float64) if _needs_grad(p) else p for p in primals)
     v = to64(cotangent)
-    result = []
+    result: list[torch.Tensor | None] = []
     for k, p in enumerate(primals):
         if not _needs_grad(p):
             result.append(None)
