@@ -140,6 +140,7 @@ def test_a_worker_that_dies_is_retried_alone_and_then_recorded(tmp_path, monkeyp
     assert "BrokenProcessPool" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a pool of two worker processes (each imports torch): seconds
 def test_worker_processes_contain_errors_too(tmp_path, capfd):
     """In a worker process (-j 2): a job whose tests cannot be loaded is an internal error, the
     other job's result comes back."""

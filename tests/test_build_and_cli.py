@@ -86,6 +86,8 @@ def test_committed_student_notebooks_are_fresh_and_builds_reproducible(aid, root
     assert not extra, f"files in assignments/{aid}/ that the build does not make: {sorted(extra)}"
 
 
+@pytest.mark.slow
+@pytest.mark.build  # runs otter assign on a copy of the course (seconds)
 def test_build_check_names_a_stale_notebook(root, tmp_path):
     copy = tmp_path / "course"
     shutil.copytree(root / "solutions", copy / "solutions")
