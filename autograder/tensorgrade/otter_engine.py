@@ -7,6 +7,7 @@ run inside the student's kernel), so its scores are only as honest as the submis
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def _run_otter(nb_bytes: bytes, autograder_zip: Path, timeout: float) -> dict:
         out = Path(tmp) / "out"
         out.mkdir()
         cmd = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str(autograder_zip)]
+        # one CPU thread per kernel, as for the trusted engine's sandboxes: with --jobs N, N
+        # kernels that each use every core fight over them (twice the CPU time measured on 02)
+        threads = os.environ.get("OMP_NUM_THREADS", "1")
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         try:
             proc = subprocess.run(
                 [*cmd, "-o", str(out), str(sub)],
@@ -59,6 +64,7 @@ def _run_otter(nb_bytes: bytes, autograder_zip: Path, timeout: float) -> dict:
                 text=True,
                 timeout=timeout,
                 cwd=tmp,
+                env=env,
             )
         except subprocess.TimeoutExpired:
             raise Ungradable(f"otter run did not finish within {timeout:.0f} s") from None
