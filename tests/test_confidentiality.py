@@ -375,14 +375,16 @@ DEADLINE_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(DEADLINE_CASES))
 def test_the_submission_deadline_holds_whatever_the_code_does(a1, case):
-    """20 s for the submission: a correctness bound on the deadline (not a speed benchmark)."""
+    """20 s for the submission. The deadline is recorded as data (reason, timed-out tests), and
+    the wall-clock bound is a hang detector with a wide margin (3x), not a speed benchmark: a
+    grader that stops waiting only when the code lets it would blow through any margin."""
     a, specs = a1
     base, cells = DEADLINE_CASES[case]
     start = time.monotonic()
     r = _grade(a, specs, _notebook(a, Attack(case, base, cells, 0)), case, TIGHT)
     wall = time.monotonic() - start
     assert r.status == "graded" and len(r.tests) == len(specs)
-    assert wall < 30, f"{case}: {wall:.1f} s for a 20 s limit"
+    assert wall < 3 * 20, f"{case}: {wall:.1f} s for a 20 s limit: the deadline did not hold"
     assert r.execution_time < 30
     assert any(t.failure == results.NOT_RUN for t in r.tests)  # the clock ran out
     for t in r.tests:
