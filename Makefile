@@ -35,6 +35,7 @@ image: build
 lint: setup
 	$(VENV)/bin/ruff check autograder tests bench
 	$(VENV)/bin/ruff format --check autograder tests bench
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest --durations=15
