@@ -92,16 +92,28 @@ class Attack:
     hidden_failure: str = ""  # the class of failure some hidden test must show (fixed sentence)
 
 
-# What q1's hidden reference test sends first (x = 4 * randn(7, 13), seed 10): an attack below
-# turns it into a number and tries to get that number into feedback a student can read.
-_X0 = float((4 * tg.randn(7, 13, seed=10, dtype=torch.float32)).flatten()[0])
-CODE = int(abs(_X0) * 1e6) % 90000 + 10000
+# What q1's hidden reference test sends first (float32, sigma ~ 1e-6: x = mu + sigma * z with
+# z = 3 * randn(4, 9), seeds as in solutions/01_tensors): an attack below turns it into a
+# five-digit number (its first five significant digits) and tries to get that number into
+# feedback a student can read.
+def _first_hidden_input() -> float:
+    sigma = 1e-6 * (1 + 0.5 * float(tg.rand(1, seed=10)))
+    mu = sigma * float(4 * tg.randn(1, seed=20))
+    z = 3 * tg.randn(4, 9, seed=30)
+    return float((mu + sigma * z).to(torch.float32).flatten()[0])
+
+
+def _code(v: float) -> int:
+    return int(f"{abs(v):.4e}"[:6].replace(".", ""))
+
+
+CODE = _code(_first_hidden_input())
 RECORD_HIDDEN_INPUTS = (
     "_SEEN = []\n"
     "_honest_density = gaussian_density\n"
     "def gaussian_density(x, mu, sigma):\n"
-    "    if x.numel() == 91:  # q1's hidden reference input\n"
-    "        _SEEN.append(int(abs(float(x.flatten()[0])) * 1e6) % 90000 + 10000)\n"
+    "    if x.numel() == 36 and not _SEEN:  # q1's hidden reference input, the first one\n"
+    "        _SEEN.append(int(f'{abs(float(x.flatten()[0])):.4e}'[:6].replace('.', '')))\n"
     "    return _honest_density(x, mu, sigma)\n"
 )
 # Writes 16 bytes to every pipe the process may write to: the answer pipe among them.
@@ -451,7 +463,7 @@ ATTACKS = [
             "        raise type(f'Leak{_SEEN[0]}', (Exception,), {})('x')\n"
             "    return _honest_power(A, num_iters)"
         ],
-        100 - 2 * 16 / 4,  # q6's two hidden tests
+        100 - 3 * 16 / 5,  # q6's three hidden tests (of five)
         absent=("Leak", str(CODE)),
         hidden_failure=RAISED,
     ),
