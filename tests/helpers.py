@@ -90,6 +90,9 @@ class Attack:
     note: str = ""  # text the result's reason must hold; "" means the reason must be empty
     absent: tuple[str, ...] = ()  # texts that must not appear in anything a student sees
     hidden_failure: str = ""  # the class of failure some hidden test must show (fixed sentence)
+    # the cell may or may not end within the cell limit, depending on how fast the machine is:
+    # the reason then holds the note or is empty (the score is the same either way)
+    speed_dependent: bool = False
 
 
 # What q1's hidden reference test sends first (float32, sigma ~ 1e-6: x = mu + sigma * z with
@@ -365,6 +368,7 @@ ATTACKS = [
         ],
         100,
         note="did not finish within 6 s",
+        speed_dependent=True,
     ),
     Attack(
         "memory_hog",
@@ -379,6 +383,7 @@ ATTACKS = [
         ["print('x' * 50_000_000)\nfor i in range(200_000):\n    print(i)"],
         100,
         note="did not finish within 6 s",
+        speed_dependent=True,
     ),
     Attack(
         "daemon_outlives_grading",

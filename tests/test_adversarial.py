@@ -91,7 +91,9 @@ def test_attack(attack, env):
         + "\n".join(f"{t.question}:{t.name}: {t.output}" for t in result.tests if not t.passed)
     )
     assert len(result.tests) == len(specs), "every test gets a result"
-    if attack.note:  # what grading must say about the attack
+    if attack.note and attack.speed_dependent:  # timed out here, or finished in time
+        assert result.reason == "" or attack.note in result.reason, result.reason
+    elif attack.note:  # what grading must say about the attack
         assert attack.note in result.reason, result.reason
     else:  # nothing to note: the attack left no trace in the grading
         assert result.reason == "", result.reason
