@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "autograder" / "docker" / "Dockerfile"
 
@@ -71,6 +73,20 @@ def test_build_script_refuses_a_folder_that_is_not_a_built_course(tmp_path):
     assert f"{tmp_path} has no assignments/ (is it a course root?)" in proc.stderr
 
 
+def test_pin_check_compares_the_imported_torch_with_the_promise(monkeypatch):
+    import torch
+
+    from tensorgrade.pins import TORCH_VERSION_ENV, torch_pin_mismatch
+
+    monkeypatch.delenv(TORCH_VERSION_ENV, raising=False)
+    assert torch_pin_mismatch() is None  # nothing promised: nothing to check
+    monkeypatch.setenv(TORCH_VERSION_ENV, torch.__version__.split("+")[0])
+    assert torch_pin_mismatch() is None
+    monkeypatch.setenv(TORCH_VERSION_ENV, "0.0.1")
+    assert f"promises torch 0.0.1 ({TORCH_VERSION_ENV}) but imports" in torch_pin_mismatch()
+
+
+@pytest.mark.slow  # a whole `tensorgrade grade` process: seconds
 def test_grade_refuses_another_torch_than_the_environment_promises(tmp_path):
     """The image and run_autograder set TENSORGRADE_TORCH_VERSION to the pin: grading on another
     torch stops before anything is graded, with a message that says which is which."""

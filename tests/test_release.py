@@ -104,6 +104,7 @@ def release(built, tmp_path_factory) -> Path:
 # --- what the release holds -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_release_holds_the_student_course_and_nothing_else(release):
     files = _files(release)
     student = _committed_student_files()
@@ -157,6 +158,7 @@ def _searchable(path: str, data: bytes) -> str:
     return "\n".join(code + [str(t) for t in tests.values()])
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_release_holds_no_master_no_solution_no_hidden_test_nothing_of_dist(built, release):
     files = _files(release)
     masters = {aid: read(ROOT / "solutions" / aid / f"{aid}.ipynb") for aid in ASSIGNMENT_IDS}
@@ -216,6 +218,7 @@ def test_release_holds_no_master_no_solution_no_hidden_test_nothing_of_dist(buil
     assert not [p for p in files if p.endswith((".zip", "otter_config.json")) or "/tests/" in p]
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_helpers_are_only_what_public_checks_import(release):
     files = _files(release)
     assert {p for p in files if p.startswith("src/")} == HELPERS
@@ -251,6 +254,7 @@ def test_helper_modules_are_read_from_the_imports(tmp_path):
             helper_modules({"02_autodiff/02_autodiff.ipynb": [bad]}, package)
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_install_files_pin_torch_and_bring_jupyterlab(release):
     pin = next(
         ln.strip()
@@ -270,6 +274,7 @@ def test_install_files_pin_torch_and_bring_jupyterlab(release):
     assert "jupyterlab" in env["dependencies"]
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_readmes_send_students_to_the_release(release):
     root_readme = (ROOT / "README.md").read_text()
     assert "tensorgrade release" in root_readme
@@ -281,6 +286,7 @@ def test_readmes_send_students_to_the_release(release):
     assert "Colab" in student and "jupyter lab" in student
 
 
+@pytest.mark.slow  # builds a whole release (every assignment): ~1 min, shared
 def test_release_zip_is_reproducible_and_holds_the_folder(release, tmp_path):
     for name in ("a", "b"):
         proc = _tg("release", "--zip", "-o", str(tmp_path / name / "course"))
@@ -292,6 +298,7 @@ def test_release_zip_is_reproducible_and_holds_the_folder(release, tmp_path):
     assert members == {f"course/{p}": d for p, d in _files(release).items()}
 
 
+@pytest.mark.slow  # builds assignments: seconds
 def test_release_output_must_be_new_empty_or_an_earlier_release(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -351,6 +358,7 @@ def test_the_colab_cell_does_nothing_elsewhere(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [] and Path.cwd() == tmp_path
 
 
+@pytest.mark.slow  # builds assignments: seconds
 def test_release_url_goes_from_the_config_into_the_colab_cell_and_readme(tmp_path):
     course = _course_copy(tmp_path)
     url = "https://github.com/example/course/archive/refs/heads/main.zip"
@@ -414,6 +422,7 @@ def test_build_refuses_a_hidden_marker_otter_would_not_see(prefix, tmp_path):
     assert (course / "assignments" / "01_tensors" / "01_tensors.ipynb").read_bytes() == before
 
 
+@pytest.mark.slow  # builds assignments: seconds
 def test_masters_mark_hidden_tests_the_way_otter_reads_them(built):
     for aid in ASSIGNMENT_IDS:
         tests = master_tests(read(ROOT / "solutions" / aid / f"{aid}.ipynb"))
