@@ -86,6 +86,33 @@ def test_pin_check_compares_the_imported_torch_with_the_promise(monkeypatch):
     assert f"promises torch 0.0.1 ({TORCH_VERSION_ENV}) but imports" in torch_pin_mismatch()
 
 
+def test_pin_check_reads_the_torch_that_would_be_imported_without_importing_it(tmp_path):
+    """Checked before the grader imports torch (the zygote imports its own meanwhile): the version
+    is read from the torch that `import torch` would load, a shadowing one included."""
+    code = (
+        "import sys; from tensorgrade.pins import importable_torch, torch_pin_mismatch; "
+        "v, d = importable_torch(); m = torch_pin_mismatch(); "
+        "print('torch' in sys.modules); import torch; print(v == torch.__version__, d, m)"
+    )
+    env = {**os.environ, "TENSORGRADE_TORCH_VERSION": "0.0.1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    imported_before, same = out.stdout.splitlines()[0], out.stdout.splitlines()[1].split()[0]
+    assert (imported_before, same) == ("False", "True"), out.stdout + out.stderr
+    assert "promises torch 0.0.1" in out.stdout
+
+    fake = tmp_path / "torch"  # a torch of another version earlier on the path
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "version.py").write_text("__version__ = '9.9.9+cpu'\n")
+    env = {**env, "TENSORGRADE_TORCH_VERSION": "9.9.9", "PYTHONPATH": str(tmp_path)}
+    code = "from tensorgrade.pins import torch_pin_mismatch as m; print(m())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stdout + out.stderr
+    env["TENSORGRADE_TORCH_VERSION"] = "2.13.0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert f"imports torch 9.9.9+cpu from {fake}" in out.stdout, out.stdout + out.stderr
+
+
 @pytest.mark.slow  # a whole `tensorgrade grade` process: seconds
 def test_grade_refuses_another_torch_than_the_environment_promises(tmp_path):
     """The image and run_autograder set TENSORGRADE_TORCH_VERSION to the pin: grading on another
