@@ -102,11 +102,13 @@ def grade_one(
     opts: GradeOptions,
     ag: str,
     slot: int = 0,
+    prepare_next: bool = False,
 ) -> SubmissionResult:
     """Grade one submission; never raises (an unexpected error becomes an internal-error
-    result, its traceback logged to stderr)."""
+    result, its traceback logged to stderr). ``prepare_next``: another submission follows in
+    this process (the trusted engine readies its sandbox meanwhile)."""
     try:
-        return _grade_one(a, specs, sub, opts, ag, slot)
+        return _grade_one(a, specs, sub, opts, ag, slot, prepare_next)
     except Exception as e:  # noqa: BLE001 - one submission must not stop the batch
         return internal_error(a, specs, sub, opts, ag, e)
 
@@ -144,6 +146,7 @@ def _grade_one(
     opts: GradeOptions,
     ag: str,
     slot: int = 0,
+    prepare_next: bool = False,
 ) -> SubmissionResult:
     raw = b""
     try:
@@ -168,6 +171,7 @@ def _grade_one(
             slot=slot,
             forbidden=_hidden([(a, sub)]),
             isolation=opts.isolation,
+            prepare_next=prepare_next,
         )
     else:
         res = otter_engine.grade(data, sub.path.name, a.autograder_zip, specs, timeout=opts.timeout)
@@ -189,8 +193,13 @@ def grade_many(
     gpu_ids = _gpu_plan(opts)
     workers = max(1, min(opts.gpu_slots * len(gpu_ids) if gpu_ids else opts.jobs, len(jobs)))
     if workers == 1 and not gpu_ids and not opts.judge_user:
-        for job in jobs:
-            yield job, _grade_job(job, opts, ags[job[0].id])
+        if opts.engine == "trusted" and jobs:
+            _prestart_zygote(_hidden(jobs), opts.isolation)
+        try:
+            for i, job in enumerate(jobs):
+                yield job, _grade_job(job, opts, ags[job[0].id], prepare_next=i + 1 < len(jobs))
+        finally:
+            _discard_spare()
         return
     died = []
     for job, res in _pool(jobs, opts, ags, workers, gpu_ids):
@@ -293,17 +302,34 @@ def _start_worker(
     with counter.get_lock():
         _worker_slot = counter.value
         counter.value += 1
+    if gpu_ids:
+        from .judge.gpus import gpu_for_slot
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
+    _prestart_zygote(hidden, isolation)  # with its GPU: the zygote's sandboxes inherit it
     import torch
 
     # the judge's own tensor work (references, finite differences) shares the cores with the
     # other workers and every sandbox: one thread each, as the sandboxes have
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if gpu_ids:
-        from .judge.gpus import gpu_for_slot
-
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
     if judge_user:
         _become(judge_user, hidden, isolation)
+
+
+def _discard_spare() -> None:
+    """Close the sandbox readied for a submission that did not come (the batch ended)."""
+    if "tensorgrade.judge.sandbox" in sys.modules:
+        from .judge.sandbox import Spare
+
+        Spare.discard()
+
+
+def _prestart_zygote(hidden: list[Path], isolation: str) -> None:
+    """Start the sandbox starter now, before this process imports torch: the two imports run
+    side by side instead of one after the other (about a second of every cold start)."""
+    from .judge.starter import Zygote
+
+    Zygote.prestart(hidden, namespaces=isolation == "full")
 
 
 def _become(user: str, hidden: list[Path], isolation: str) -> None:
@@ -326,14 +352,16 @@ def _specs(tests_dir: Path, ag: str) -> list[TestSpec]:  # ag: a rebuilt bundle 
     return load_tests(tests_dir)
 
 
-def _grade_job(job: tuple[Assignment, Submission], opts: GradeOptions, ag: str) -> SubmissionResult:
+def _grade_job(
+    job: tuple[Assignment, Submission], opts: GradeOptions, ag: str, prepare_next: bool = False
+) -> SubmissionResult:
     """One job, in this process or a worker; never raises (see ``grade_one``)."""
     a, sub = job
     try:
         specs = _specs(a.tests_dir, ag)
     except Exception as e:  # noqa: BLE001 - one submission must not stop the batch
         return internal_error(a, [], sub, opts, ag, e)
-    return grade_one(a, specs, sub, opts, ag, _worker_slot)
+    return grade_one(a, specs, sub, opts, ag, _worker_slot, prepare_next)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
 from ..testing import TestFailure
 from .proxy import Proxy, SandboxGone, StudentError, evaluation
-from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, Zygote
+from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, Spare, Zygote
 from .source import definition_source
 
 # Lines otter adds to student notebooks; the trusted engine does not need otter in the sandbox.
@@ -87,9 +87,13 @@ class Session:
         limits = replace(
             self.limits, startup_timeout=max(0.1, min(self.limits.startup_timeout, left))
         )
-        self.sandbox = Sandbox(self.slot, limits, self.files_from)
+        spare = Spare.take(self.slot, limits, self.files_from)
+        self.sandbox = spare or Sandbox(self.slot, limits, self.files_from)
         try:
-            self.sandbox.start()
+            if spare is not None:
+                spare.wait_ready()
+            else:
+                self.sandbox.start()
         except SandboxTimeout:
             self.close()
             raise SandboxGone(TIMED_OUT, "the sandbox did not start in time") from None
@@ -219,8 +223,12 @@ def grade(
     slot: int = 0,
     forbidden: list[Path] | None = None,
     isolation: str = "full",
+    prepare_next: bool = False,
 ) -> SubmissionResult:
-    """Grade one notebook: check it, run its cells in a sandbox, run every test here."""
+    """Grade one notebook: check it, run its cells in a sandbox, run every test here.
+
+    ``prepare_next``: another submission with the same limits follows in this process; its
+    sandbox is launched while this one's tests run (``Spare``)."""
     start = time.monotonic()
     result = SubmissionResult(assignment_id, name, "trusted", "graded")
     result.judge_user = _user_name(os.getuid())
@@ -245,6 +253,8 @@ def grade(
         result.timings["startup"] = round(time.monotonic() - start, 3)
         _run_cells(session, notes, stdout, figures)
         result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
+        if prepare_next:
+            Spare.launch(slot, limits, files_from)
         result.tests = _run_tests(session, specs)
     finally:
         session.close()  # results are returned (and written) only after the sandbox is dead

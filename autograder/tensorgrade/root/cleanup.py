@@ -55,7 +55,22 @@ def kill_descendants(pid: int, patience: float = 20.0) -> None:
         _reap_all()
         if not found or time.monotonic() > deadline:
             return
-        time.sleep(0.02)
+        _await_exit(0.02)
+
+
+def _await_exit(most: float) -> None:
+    """Wait until a child of ours ends (and reap it), or ``most`` seconds: killed processes take
+    a few milliseconds to go (a torch process unmaps gigabytes), rarely the whole wait."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            _reap_all()
+            return
+        time.sleep(0.001)
 
 
 def _reap_all() -> None:

@@ -240,7 +240,7 @@ class Zygote:
         while pid not in self.statuses and time.monotonic() < deadline:
             self._reap_statuses()
             if pid not in self.statuses:
-                time.sleep(0.01)
+                time.sleep(0.002)  # a killed supervisor ends within milliseconds
         return self.statuses.get(pid)
 
     def _reap_statuses(self) -> None:
