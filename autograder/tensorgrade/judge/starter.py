@@ -7,6 +7,7 @@ a second on every cold start (one submission alone, as on Gradescope or in a Slu
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -82,6 +83,7 @@ class Zygote:
         theirs.close()
         self.sock = mine
         self.ready = False
+        atexit.register(self.stop)  # ends it cleanly (its sandboxes reaped, its folder removed)
 
     def _handshake(self) -> None:
         """Wait for the zygote's first message: it has imported torch and can start sandboxes."""
@@ -148,6 +150,8 @@ class Zygote:
                     cls.failure = str(e)
 
     def stop(self) -> None:
+        """Close the socket: the zygote reaps its sandboxes, removes its folder and exits."""
+        atexit.unregister(self.stop)
         self.sock.close()
         try:
             self.proc.wait(timeout=30)
