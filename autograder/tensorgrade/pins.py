@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
+from . import settings
+
 TORCH_VERSION_ENV = "TENSORGRADE_TORCH_VERSION"
 
 
 def torch_pin_mismatch() -> str | None:
     """A sentence saying how the imported torch differs from the promised one, or None."""
-    want = os.environ.get(TORCH_VERSION_ENV, "").strip()
+    want = settings.torch_version()
     if not want:
         return None
     import torch
