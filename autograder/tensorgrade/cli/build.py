@@ -63,29 +63,6 @@ def release(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_build(sub) -> None:
-    b = options.command(
-        sub,
-        "build",
-        build,
-        help="make student notebooks and autograder bundles from the masters",
-        description=(
-            "Run otter assign on each master notebook solutions/<id>/<id>.ipynb. Writes the "
-            "student notebook to assignments/<id>/ (commit it) and the solution notebook, test "
-            "files, autograder.zip and gradescope.zip (upload it to Gradescope; it holds the "
-            "hidden tests) to dist/<id>/ (build output, not committed). Builds are "
-            "byte-identical when nothing changed. Each solutions/<id>/grading.yml is checked "
-            "first."
-        ),
-    )
-    options.assignment_ids(b)
-    b.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 and name the files if committed student notebooks are stale",
-    )
-
-
 def register_release(sub) -> None:
     rl = options.command(
         sub,
@@ -112,3 +89,26 @@ def register_release(sub) -> None:
         help="write OUTPUT as a zip file (.zip added if missing), its files in one folder",
     )
     rl.add_argument("--title", default="Course notebooks", help="heading of the students' README")
+
+
+def register_build(sub) -> None:
+    b = options.command(
+        sub,
+        "build",
+        build,
+        help="make student notebooks and autograder bundles from the masters",
+        description=(
+            "Run otter assign on each master notebook solutions/<id>/<id>.ipynb. Writes the "
+            "student notebook to assignments/<id>/ (commit it) and the solution notebook, test "
+            "files, autograder.zip and gradescope.zip (upload it to Gradescope; it holds the "
+            "hidden tests) to dist/<id>/ (build output, not committed). Builds are "
+            "byte-identical when nothing changed. Each solutions/<id>/grading.yml is checked "
+            "first."
+        ),
+    )
+    options.assignment_ids(b)
+    b.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and name the files if committed student notebooks are stale",
+    )

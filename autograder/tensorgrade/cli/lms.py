@@ -294,9 +294,8 @@ def register_lms(subparsers) -> None:
     )
     lms_sub = options.subcommands(lms, "lms", "LMS")
     canvas = options.command(lms_sub, "canvas", None, help="Canvas LMS", description="Canvas LMS.")
-    canvas_sub = options.subcommands(canvas, "canvas_command")
     p = options.command(
-        canvas_sub,
+        options.subcommands(canvas, "canvas_command"),
         "push",
         push,
         help="post scores and feedback comments to a Canvas assignment",

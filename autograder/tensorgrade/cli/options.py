@@ -91,6 +91,11 @@ def quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def repeats(p: argparse.ArgumentParser, default: int, help: str = "runs of each") -> None:
+    """How often a ``bench/`` script repeats what it measures (it reports the median)."""
+    p.add_argument("--repeats", type=int, default=default, help=help)
+
+
 def results(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("results", type=Path, metavar="RESULTS", help=help)
 
