@@ -154,3 +154,11 @@ def canvas_token() -> str:
 
 def canvas_url() -> str:
     return _get("CANVAS_API_URL") or ""
+
+
+def markdown_table() -> str:
+    """The table of docs/grading.md: every variable, who reads it, its default, its meaning."""
+    rows = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
+    for v in VARIABLES:
+        rows.append(f"| `{v.name}` | {v.read_by} | {v.default} | {v.description} |")
+    return "\n".join(rows)
