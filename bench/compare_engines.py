@@ -9,12 +9,13 @@ trusted engine's time beyond running the student's cells: sandbox start-up plus 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from tensorgrade import errors
+from tensorgrade.cli import options
 from tensorgrade.course import find_root, get_assignments
 from tensorgrade.grading import GradeOptions, file_sha256, grade_one
 from tensorgrade.mutants import submissions
@@ -22,10 +23,10 @@ from tensorgrade.submissions import Submission
 from tensorgrade.testfiles import load_tests
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("id", nargs="?", default="01_tensors")
-    ap.add_argument("--repeats", type=int, default=3)
+def main() -> int:
+    ap = options.script_parser(__doc__)
+    options.assignment_id(ap, default="01_tensors")
+    options.repeats(ap, 3)
     ap.add_argument(
         "--mutants", type=int, default=3, help="how many mutants besides solution/blank"
     )
@@ -68,7 +69,8 @@ def main() -> None:
         f"{'median':<42}{'':8}{'':9}{statistics.median(ratios):7.2f}{statistics.median(overs):10.2f}"
     )
     print("targets: ratio <= 0.5, overhead < 1.5 s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(errors.run(main))

@@ -10,17 +10,17 @@ Exits 1 if an audit problem is found or a score differs from the reference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from tensorgrade import errors
 from tensorgrade.audit import audit, format_report
+from tensorgrade.cli import options
 from tensorgrade.course import find_root, get_assignments
 from tensorgrade.grading import GradeOptions, file_sha256, grade_many
 from tensorgrade.mutants import submissions
@@ -28,14 +28,14 @@ from tensorgrade.submissions import Submission
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("ids", nargs="*")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap = options.script_parser(__doc__)
+    options.assignment_ids(ap)
+    options.jobs(ap, 2)
     ap.add_argument(
         "--otter-sample", action="store_true", help="also otter: 01 solution + 2 mutants"
     )
-    ap.add_argument("--gpu-slots", type=int, default=0, help="submissions at a time per GPU")
-    ap.add_argument("--isolation", choices=["full", "reduced"], default="full")
+    options.gpu_slots(ap, "submissions at a time per GPU")
+    options.isolation(ap, "as for `tensorgrade grade`")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--reference", type=Path)
     args = ap.parse_args()
@@ -105,4 +105,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(errors.run(main))

@@ -15,7 +15,6 @@ quiet machine; numbers from different machines are not comparable.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -30,6 +29,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import slurmcluster  # noqa: E402
 
+from tensorgrade import errors  # noqa: E402
+from tensorgrade.cli import options  # noqa: E402
+
 
 def _grade(env: dict, subs: Path, out: Path, aid: str, *extra: str) -> float:
     cmd = [sys.executable, "-m", "tensorgrade", "grade", str(subs), "-a", aid, "-o", str(out)]
@@ -37,21 +39,23 @@ def _grade(env: dict, subs: Path, out: Path, aid: str, *extra: str) -> float:
     proc = subprocess.run([*cmd, "-q", *extra], cwd=ROOT, env=env, capture_output=True, text=True)
     took = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"grading failed ({' '.join(extra)}):\n{proc.stdout}{proc.stderr}")
+        raise errors.TensorgradeError(
+            f"grading failed ({' '.join(extra)}):\n{proc.stdout}{proc.stderr}"
+        )
     return took
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("id", nargs="?", default="01_tensors")
+def main() -> int:
+    ap = options.script_parser(__doc__)
+    options.assignment_id(ap, default="01_tensors")
     ap.add_argument("--count", type=int, default=16, help="examples graded (0: all)")
     ap.add_argument("--per-task", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--repeats", type=int, default=1, help="graded runs per setting")
+    options.repeats(ap, 1, "graded runs per setting")
     ap.add_argument("--idle-repeats", type=int, default=3, help="runs of the idle task")
     args = ap.parse_args()
     why = slurmcluster.missing()
     if why:
-        raise SystemExit(why)
+        raise errors.TensorgradeError(why)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="tg-slurm-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -126,7 +130,8 @@ def main() -> None:
         f"median {statistics.median(idle):.1f} s of {json.dumps([round(t, 1) for t in idle])}"
     )
     print(f"cluster start (nothing to an idle node): {', '.join(f'{s:.1f} s' for s in starts)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(errors.run(main))

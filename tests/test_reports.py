@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import re
@@ -11,8 +10,8 @@ import struct
 import pytest
 from report_samples import PUBLIC_EXPECTED, SECRET, XSS, batch, write_batch
 
+from tensorgrade.cli import main
 from tensorgrade.reports import page_names, student_report, summary_report, write_reports
-from tensorgrade.reports.cli import register
 from tensorgrade.reports.html import PNG_SIGNATURE, png_data_uri
 from tensorgrade.reports.incidents import incidents
 from tensorgrade.reports.student import OTHER_FAILURE, failure_kind
@@ -277,20 +276,13 @@ def test_page_names_are_safe_and_unique():
     assert len(set(names.values())) == len(rs)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tensorgrade")
-    register(p.add_subparsers(dest="command", required=True))
-    return p
-
-
 def _cli(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_report_help(capsys):
     with pytest.raises(SystemExit) as e:
-        _parser().parse_args(["report", "--help"])
+        main(["report", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "RESULTS" in out and "--before-publication" in out and "index.html" in out

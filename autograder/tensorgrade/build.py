@@ -24,11 +24,12 @@ import yaml
 
 from . import notebooks
 from .course import Assignment
+from .errors import TensorgradeError
 from .zips import normalise_zip
 
 
-class BuildError(RuntimeError):
-    pass
+class BuildError(TensorgradeError, RuntimeError):
+    """An assignment cannot be built; exit status 1."""
 
 
 @dataclass

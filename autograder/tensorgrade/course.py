@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import settings
+from .errors import NotFoundError, UsageError
 
 
 def find_root(start: Path | None = None) -> Path:
     """The course root: ``$TENSORGRADE_ROOT`` or the nearest parent holding ``solutions/``."""
-    env = os.environ.get("TENSORGRADE_ROOT")
+    env = settings.course_root()
     if env:
         return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for d in [here, *here.parents]:
         if (d / "solutions").is_dir() and (d / "assignments").is_dir():
             return d
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"no course found at or above {here}: expected folders solutions/ and assignments/ "
         "(or set TENSORGRADE_ROOT)"
     )
@@ -78,7 +80,7 @@ def get_assignments(root: Path, ids: list[str] | None) -> list[Assignment]:
         return list(known.values())
     unknown = [i for i in ids if i not in known]
     if unknown:
-        raise KeyError(
+        raise UsageError(
             f"unknown assignment id(s): {', '.join(unknown)}; known: {', '.join(known) or 'none'}"
         )
     return [known[i] for i in ids]

@@ -15,15 +15,15 @@ identifies the build in every result), the student files the notebook expects ne
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
+from . import settings
 from .course import Assignment
-from .errors import UsageError as _UsageError
+from .errors import NotFoundError
 from .results import SubmissionResult, not_run, write_results_json
 from .safetext import clean_text, cut
 from .submissions import Submission
@@ -146,7 +146,7 @@ def _package_files() -> dict[str, bytes]:
     pkg = Path(tensorgrade.__file__).resolve().parent
     project = pkg.parent.parent
     if not (project / "pyproject.toml").is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"cannot ship tensorgrade: no pyproject.toml at {project} (install tensorgrade from a "
             "source checkout, e.g. `pip install -e .`)"
         )
@@ -163,7 +163,7 @@ def _course_files(a: Assignment) -> dict[str, bytes]:
     """Exactly what grading reads, under ``course/`` with the paths `Assignment` expects."""
     tests = sorted(a.tests_dir.glob("*.py")) if a.tests_dir.is_dir() else []
     if not tests or not a.autograder_zip.is_file():
-        raise FileNotFoundError(f"{a.id} is not built: run `tensorgrade build {a.id}`")
+        raise NotFoundError(f"{a.id} is not built: run `tensorgrade build {a.id}`")
     paths = [*tests, a.autograder_zip]
     grading_yml = a.master.parent / "grading.yml"
     if grading_yml.is_file():
@@ -188,7 +188,7 @@ def _tree(top: Path) -> list[Path]:
 
 def autograder_root(root: Path | None = None) -> Path:
     """``root``, else ``$TENSORGRADE_AUTOGRADER_ROOT``, else ``/autograder``."""
-    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    return Path(root or settings.autograder_root() or DEFAULT_ROOT)
 
 
 def run(root: Path | None = None) -> int:
@@ -199,7 +199,7 @@ def run(root: Path | None = None) -> int:
     """
     root = autograder_root(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no autograder directory at {root}")
+        raise NotFoundError(f"no autograder directory at {root}")
     out = root / "results" / "results.json"
     _hide_from_student(root)
     try:
@@ -349,69 +349,3 @@ def _print_summary(res: SubmissionResult, out: Path) -> None:
     for t in res.tests:
         mark = "PASS" if t.passed else "FAIL"
         print(f"  {mark} {t.question}: {t.name} {t.score:g}/{t.max_score:g}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: `python -m tensorgrade gradescope run` (run_autograder) and `... zip`
-
-
-def _zip_command(args: argparse.Namespace) -> int:
-    from .course import find_root, get_assignments
-
-    root = find_root()
-    try:
-        assignments = get_assignments(root, args.ids)
-    except KeyError as e:
-        raise _UsageError(e.args[0]) from None
-    if args.output and len(assignments) != 1:
-        raise _UsageError("--output needs exactly one assignment id")
-    for a in assignments:
-        path = write_gradescope_zip(a, args.output)
-        print(f"{a.id}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    return 0
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    if args.root is not None and not args.root.is_dir():
-        raise _UsageError(f"--root {args.root} is not a directory")
-    return run(args.root)
-
-
-def register(subparsers) -> None:
-    """`tensorgrade gradescope run|zip`."""
-    p = subparsers.add_parser(
-        "gradescope",
-        help="grade one submission inside Gradescope's container, or write gradescope.zip",
-        description="Gradescope autograder: grade one submission inside Gradescope's container "
-        "(run: what the zip's run_autograder calls), or write the autograder zip to upload (zip).",
-    )
-    sub = p.add_subparsers(dest="gradescope_command", metavar="COMMAND", required=True)
-    r = sub.add_parser(
-        "run",
-        help="grade /autograder/submission, write /autograder/results/results.json",
-        description=(
-            "What run_autograder calls. Finds the one notebook in ROOT/submission, grades it "
-            "with the trusted engine against the course in ROOT/source (the unpacked zip) and "
-            "writes ROOT/results/results.json. Exit 0 whenever a result was written (also when "
-            "the student's code fails or no notebook was submitted), 1 when the autograder "
-            "itself failed, 2 on bad arguments."
-        ),
-    )
-    r.add_argument(
-        "--root",
-        type=Path,
-        help=f"the autograder directory (default: ${ROOT_ENV}, else {DEFAULT_ROOT})",
-    )
-    r.set_defaults(func=_run_command)
-    z = sub.add_parser(
-        "zip",
-        help="write dist/<id>/gradescope.zip for built assignments",
-        description=(
-            "Write the zip to upload on Gradescope's 'Configure Autograder' page: setup.sh, "
-            "run_autograder, tensorgrade's source and the built tests (hidden ones included: "
-            "keep the zip away from students). Needs `tensorgrade build` first."
-        ),
-    )
-    z.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
-    z.add_argument("-o", "--output", type=Path, help="zip path (one assignment only)")
-    z.set_defaults(func=_zip_command)

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import otter_engine
+from . import config, otter_engine, settings
+from .config import Limits
 from .course import Assignment, all_assignments
+from .errors import NotFoundError, TensorgradeError, UsageError
 from .results import (
     SubmissionResult,
     atomic_write_text,
@@ -43,8 +45,10 @@ ENGINES = ("trusted", "otter")
 INTERNAL_ERROR = "internal error while grading this submission (see the staff log)"
 
 
-class GradingError(Exception):
-    """A batch that cannot start as asked (the message says why)."""
+class GradingError(TensorgradeError):
+    """A batch that cannot start as asked (the message says why); exit status 2."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -74,7 +78,7 @@ def infer_assignment(root: Path, sub: Submission) -> Assignment:
     matches = [a for a in known if a.id in found]
     if len(matches) == 1:
         return matches[0]
-    raise KeyError(
+    raise UsageError(
         f"cannot tell which assignment {sub.path.name} is for: pass --assignment "
         f"({', '.join(a.id for a in known)})"
     )
@@ -84,15 +88,9 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_limits(a: Assignment):
-    """Per-assignment limits from ``solutions/<id>/grading.yml`` (optional)."""
-    import yaml
-
-    from .judge.sandbox import Limits
-
-    path = a.master.parent / "grading.yml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return Limits.from_dict(data or {})
+def load_limits(a: Assignment) -> Limits:
+    """Per-assignment limits from ``solutions/<id>/grading.yml`` (optional), checked."""
+    return config.load_assignment(a)
 
 
 def grade_one(
@@ -311,7 +309,7 @@ def _start_worker(
 
     # the judge's own tensor work (references, finite differences) shares the cores with the
     # other workers and every sandbox: one thread each, as the sandboxes have
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(int(settings.threads()))
     if judge_user:
         _become(judge_user, hidden, isolation)
 
@@ -407,16 +405,18 @@ def plan_batch(
         log(note)
     subs = intake.submissions
     if not subs:
-        raise FileNotFoundError("no notebooks found in " + ", ".join(map(str, paths)))
+        raise NotFoundError("no notebooks found in " + ", ".join(map(str, paths)))
     fixed = get_assignments(root, [assignment_id])[0] if assignment_id else None
     jobs = []
     for sub in subs:
         a = fixed or infer_assignment(root, sub)
         if not a.autograder_zip.is_file():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{a.id} is not built ({a.autograder_zip} missing): run `tensorgrade build {a.id}`"
             )
         jobs.append((a, sub))
+    for a in {a for a, _ in jobs}:  # a bad grading.yml stops the batch before any grading
+        load_limits(a)
 
     ag = {a.id: file_sha256(a.autograder_zip) for a in {a for a, _ in jobs}}
 

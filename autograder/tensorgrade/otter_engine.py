@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import settings
 from .results import SubmissionResult, TestResult, not_run
 from .submissions import Ungradable, parse_notebook
 from .testfiles import TestSpec
@@ -55,7 +56,7 @@ def _run_otter(nb_bytes: bytes, autograder_zip: Path, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str(autograder_zip)]
         # one CPU thread per kernel, as for the trusted engine's sandboxes: with --jobs N, N
         # kernels that each use every core fight over them (twice the CPU time measured on 02)
-        threads = os.environ.get("OMP_NUM_THREADS", "1")
+        threads = settings.threads()
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         try:
             proc = subprocess.run(

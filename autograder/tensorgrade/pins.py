@@ -14,13 +14,15 @@ import re
 import sys
 from pathlib import Path
 
+from . import settings
+
 TORCH_VERSION_ENV = "TENSORGRADE_TORCH_VERSION"
 
 
 def torch_pin_mismatch() -> str | None:
     """A sentence saying how the torch that would be imported differs from the promised one, or
     None."""
-    want = os.environ.get(TORCH_VERSION_ENV, "").strip()
+    want = settings.torch_version()
     if not want:
         return None
     version, folder = importable_torch()

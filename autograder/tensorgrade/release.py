@@ -30,7 +30,7 @@ import yaml
 from . import __version__, notebooks
 from .build import build_one, master_tests, release_url, stale_files
 from .course import Assignment
-from .errors import UsageError
+from .errors import TensorgradeError, UsageError
 from .zips import write_zip
 
 # The only modules of tensorgrade that may reach students: what public tests use. Everything else
@@ -43,8 +43,8 @@ _NOT_FOR_COLAB = {"jupyterlab", "python", "pip"}
 _CONDA_TO_PIP = {"pytorch": "torch"}
 
 
-class ReleaseError(RuntimeError):
-    pass
+class ReleaseError(TensorgradeError, RuntimeError):
+    """The release cannot be made (it would give students what they must not see); exit 1."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .errors import NotFoundError
 from .safetext import clean_text, cut, cut_lines, sheet_row
 
 # Gradescope visibilities: public tests are shown at once, hidden ones after scores are published.
@@ -318,10 +319,10 @@ def load_results_dir(out_dir: Path) -> list[SubmissionResult]:
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"no results folder at {out_dir}")
+        raise NotFoundError(f"no results folder at {out_dir}")
     paths = sorted(out_dir.glob("*/results.json"))
     if not paths:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"no <submission>/results.json under {out_dir}: run `tensorgrade grade` first"
         )
     return [read_results_json(p) for p in paths]

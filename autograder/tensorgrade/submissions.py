@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError, NotFoundError
 from .lms.downloads import (
     GRADESCOPE_METADATA,
     CanvasName,
@@ -80,7 +81,7 @@ class Ungradable(Exception):
     """The submission cannot be graded; the message says why, for the student and the staff."""
 
 
-class IntakeError(Exception):
+class IntakeError(InputError):
     """The batch's input cannot be used as given (a damaged download): nothing is graded."""
 
 
@@ -125,7 +126,7 @@ def read_intake(paths: list[Path], share_with: str = "") -> Intake:
         elif p.exists():
             intake.file(p)
         else:
-            raise FileNotFoundError(f"no such submission: {p}")
+            raise NotFoundError(f"no such submission: {p}")
     return intake.finish()
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
-from .. import protocol, wire
+from .. import protocol, settings, wire
 from ..images import acceptable_png
 from ..protocol import LAYERS, weakest
 from ..results import (
@@ -284,7 +284,7 @@ def _record_gpu(result: SubmissionResult, released: list[bool | None], notes: li
     if not checked:
         return
     result.gpu = {
-        "device": os.environ.get("CUDA_VISIBLE_DEVICES", "all"),
+        "device": settings.visible_devices() or "all",
         "memory_released": all(checked),
     }
     if not all(checked):

@@ -6,17 +6,18 @@ count devices, and a leak check has to see other processes' memory, which only t
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 
+from .. import settings
+
 
 def visible_gpus() -> list[str]:
     """GPU ids a sandbox can be pinned to: ``CUDA_VISIBLE_DEVICES`` if set, else every GPU the
     driver lists (none on a machine without ``nvidia-smi``)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    env = settings.visible_devices()
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
     out = _smi(["--query-gpu=index", "--format=csv,noheader"])

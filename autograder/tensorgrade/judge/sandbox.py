@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import protocol, wire
+from ..config import Limits
 from . import gpus
 from .starter import (  # noqa: F401 - the zygote's handle, importable without torch
     ZYGOTE_ENV_FIXED,
@@ -36,40 +37,18 @@ class SandboxTimeout(RuntimeError):
     pass
 
 
-@dataclass
-class Limits:
-    """Per-assignment limits (``solutions/<id>/grading.yml`` overrides the defaults)."""
-
-    cell_timeout: float = 60.0
-    call_timeout: float = 30.0
-    submission_timeout: float = 600.0
-    startup_timeout: float = 60.0
-    memory_mb: int = 6144
-    processes: int = 512
-    file_mb: int = 64
-    tmpfs_mb: int = 1024  # all the files a submission may write (workdir, /tmp, /dev/shm)
-    stdout_chars: int = 20000
-    max_restarts: int = 8  # crashes during the tests after which the remaining tests are not run
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Limits:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        unknown = set(d) - set(known)
-        if unknown:
-            raise ValueError(f"unknown grading limits: {', '.join(sorted(unknown))}")
-        return cls(**known)
-
-    def for_sandbox(self) -> protocol.SandboxLimits:
-        return protocol.SandboxLimits(
-            processes=self.processes,
-            file_bytes=self.file_mb * 2**20,
-            cpu_seconds=int(self.submission_timeout) + 5,
-            open_files=1024,
-            # CUDA reserves huge address ranges: no address-space limit on a GPU machine
-            memory_bytes=0 if _cuda_present() else self.memory_mb * 2**20,
-            tmpfs_bytes=self.tmpfs_mb * 2**20,
-            stdout_chars=self.stdout_chars,
-        )
+def sandbox_limits(limits: Limits) -> protocol.SandboxLimits:
+    """What the zygote applies to one sandbox, in its units, from an assignment's limits."""
+    return protocol.SandboxLimits(
+        processes=limits.processes,
+        file_bytes=limits.file_mb * 2**20,
+        cpu_seconds=int(limits.submission_timeout) + 5,
+        open_files=1024,
+        # CUDA reserves huge address ranges: no address-space limit on a GPU machine
+        memory_bytes=0 if _cuda_present() else limits.memory_mb * 2**20,
+        tmpfs_bytes=limits.tmpfs_mb * 2**20,
+        stdout_chars=limits.stdout_chars,
+    )
 
 
 @dataclass
@@ -96,7 +75,7 @@ class Sandbox:
         self._stderr = tempfile.TemporaryFile()
         try:
             reply = zyg.spawn(
-                protocol.Spawn(self.slot, self.limits.for_sandbox()),
+                protocol.Spawn(self.slot, sandbox_limits(self.limits)),
                 (req_r, resp_w, self._stderr.fileno()),
             )
         finally:
@@ -280,7 +259,7 @@ class Spare:
         if sb is None:
             return None
         same_files = sb.files_from == files_from
-        if sb.slot == slot and sb.limits.for_sandbox() == limits.for_sandbox() and same_files:
+        if sb.slot == slot and sandbox_limits(sb.limits) == sandbox_limits(limits) and same_files:
             sb.limits = limits  # the startup wait of the submission taking it
             return sb
         sb.close()

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .. import protocol
+from .. import protocol, settings
 
 # The zygote's whole environment: nothing else of the grader's (API tokens...) reaches it.
 ZYGOTE_ENV_KEYS = (
@@ -43,7 +43,7 @@ ZYGOTE_ENV_FIXED = {
 
 def sandbox_threads() -> str:
     """CPU threads per sandbox: one, so that --jobs N uses N cores (override: OMP_NUM_THREADS)."""
-    return os.environ.get("OMP_NUM_THREADS", "1")
+    return settings.threads()
 
 
 def zygote_env() -> dict[str, str]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import requests
 from requests.adapters import HTTPAdapter
 
+from ..errors import TensorgradeError
 from .feedback import comment_text, grade_for, points
 from .roster import Matched, Student
 
@@ -52,16 +53,17 @@ LOW_WATER = 100.0
 _sleep = time.sleep  # tests replace this to keep retries instant
 
 
-class CanvasPushError(Exception):
+class CanvasPushError(TensorgradeError):
     """The push cannot go on; the message is for the user.
 
     ``config`` is True when the cause is the command's input (token, course, assignment, rights)
-    rather than Canvas being unavailable.
+    rather than Canvas being unavailable: exit status 2, else 1.
     """
 
     def __init__(self, message: str, config: bool = True):
         super().__init__(message)
         self.config = config
+        self.exit_code = 2 if config else 1
 
 
 class _NotFound(Exception):

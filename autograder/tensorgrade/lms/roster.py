@@ -19,6 +19,7 @@ import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import InputError
 from ..results import SubmissionResult
 from ..safetext import clean_text
 
@@ -40,7 +41,7 @@ NUMERIC = ("canvas_user_id", "moodle_id")
 IDENTITY = ("canvas_user_id", "sis_user_id", "login_id", "email", "moodle_id")
 
 
-class RosterError(ValueError):
+class RosterError(InputError, ValueError):
     """The roster cannot be used as it is; the message names the lines to fix."""
 
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import protocol
+from .. import protocol, settings
 from ..confined import layers
 from . import cleanup, uids
 
@@ -304,9 +304,9 @@ def visible_paths(hidden: list[Path]) -> list[str]:
     paths = {sys.prefix, sys.base_prefix, str(Path(tensorgrade.__file__).parent)}
     paths |= {p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")}
     for var in ("PYTHONPATH", "LD_LIBRARY_PATH"):
-        paths |= {p for p in os.environ.get(var, "").split(os.pathsep) if p}
+        paths |= set(settings.search_paths(var))
     # GPU helpers a CUDA client may need to reach: the MPS pipe and the persistence daemon
-    paths |= {os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")}
+    paths |= {settings.mps_pipe_directory()}
     paths |= {"/run/nvidia-persistenced", "/var/run/nvidia-persistenced"}
     out = []
     for p in sorted(paths):

@@ -1,8 +1,7 @@
-"""`tensorgrade lms canvas push` and `tensorgrade export`: argparse wiring and reporting.
+"""`tensorgrade lms canvas push` and `tensorgrade export`: grades to a learning management system.
 
-`register(subparsers)` adds both commands to the main parser; each handler prints `error: ...`
-and returns 2 on bad input, 1 when some graded work was not delivered (or an export would hold
-no student at all), 0 otherwise. Who each result belongs to comes from --roster and from the
+Bad input is an ``InputError`` (exit 2); a push or an export that delivers nothing, or not every
+graded submission, exits 1; 0 otherwise. Who each result belongs to comes from --roster and from the
 results themselves where they were graded from a Canvas or Gradescope download.
 """
 
@@ -11,29 +10,23 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..results import SubmissionResult, atomic_write_text, load_results_dir
-from .exports import FORMATS, MOODLE_ID_FIELDS, export_csv, export_notes
-from .feedback import UNGRADABLE_POLICIES, max_points
-from .roster import RosterError, Student, carried, match, read_roster
+from .. import settings
+from ..errors import InputError, OutputError, TensorgradeError, UsageError
+from ..lms.exports import FORMATS, MOODLE_ID_FIELDS
+from ..lms.feedback import UNGRADABLE_POLICIES
+from . import options
 
 if TYPE_CHECKING:
-    from .canvas import PushReport
+    from ..lms.canvas import PushReport
+    from ..lms.roster import Student
+    from ..results import SubmissionResult
 
 TOKEN_ENV = "CANVAS_API_TOKEN"
 URL_ENV = "CANVAS_API_URL"
-
-
-class _Bad(Exception):
-    """Bad input: printed as `error: ...`, exit status 2."""
-
-
-def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
 
 
 def _warn(msg: str) -> None:
@@ -42,21 +35,21 @@ def _warn(msg: str) -> None:
 
 def _load(results_dir: Path, only: str | None) -> list[SubmissionResult]:
     """The results of one tensorgrade assignment from a results folder."""
+    from ..results import load_results_dir
+
     try:
         results = load_results_dir(results_dir)
-    except FileNotFoundError as e:
-        raise _Bad(str(e)) from None
     except (ValueError, KeyError, TypeError) as e:
-        raise _Bad(f"a results.json under {results_dir} cannot be read: {e!r}") from None
+        raise InputError(f"a results.json under {results_dir} cannot be read: {e!r}") from None
     ids = sorted({r.assignment for r in results})
     if only:
         if only not in ids:
-            raise _Bad(
+            raise InputError(
                 f"no results for assignment {only!r} in {results_dir} (found: {', '.join(ids)})"
             )
         results = [r for r in results if r.assignment == only]
     elif len(ids) > 1:
-        raise _Bad(
+        raise InputError(
             f"{results_dir} holds results of several assignments ({', '.join(ids)}): "
             "pick one with --results-assignment"
         )
@@ -64,18 +57,17 @@ def _load(results_dir: Path, only: str | None) -> list[SubmissionResult]:
 
 
 def _roster(path: Path | None) -> dict[str, Student] | None:
-    if path is None:
-        return None
-    try:
-        return read_roster(path)
-    except RosterError as e:
-        raise _Bad(str(e)) from None
+    from ..lms.roster import read_roster
+
+    return None if path is None else read_roster(path)
 
 
 def _need_someone(what: str, results: list[SubmissionResult], roster) -> None:
     """Bad input when nothing says who any result belongs to: no roster, no identity carried."""
+    from ..lms.roster import carried
+
     if roster is None and not any(carried(r) for r in results):
-        raise _Bad(
+        raise InputError(
             f"{what} needs --roster (who each submission belongs to): these results carry no "
             "student identity (they were not graded from a Canvas or Gradescope download)"
         )
@@ -91,15 +83,14 @@ def _list(what: str, items: list[str], limit: int = 20) -> None:
 
 
 # -- export ------------------------------------------------------------------------------------
-def _export(args: argparse.Namespace) -> int:
-    try:
-        results = _load(args.results, args.results_assignment)
-        roster = _roster(args.roster)
-        if args.format != "plain":
-            _need_someone(f"--format {args.format}", results, roster)
-    except _Bad as e:
-        _err(str(e))
-        return 2
+def export(args: argparse.Namespace) -> int:
+    from ..lms.exports import export_csv, export_notes
+    from ..results import atomic_write_text
+
+    results = _load(args.results, args.results_assignment)
+    roster = _roster(args.roster)
+    if args.format != "plain":
+        _need_someone(f"--format {args.format}", results, roster)
     kw = dict(moodle_id_field=args.moodle_id, ungradable=args.ungradable)
     text = export_csv(
         args.format,
@@ -132,11 +123,10 @@ def _export(args: argparse.Namespace) -> int:
             "named by two submissions": len(notes.conflicts),
         }
         reasons = ", ".join(f"{n} {what}" for what, n in why.items() if n)
-        _err(
+        raise TensorgradeError(
             f"no student rows to export ({reasons or 'no results'}); nothing written"
             + ("" if args.roster else ": pass --roster to say who each submission belongs to")
         )
-        return 1
     if str(args.output) == "-":
         enc = sys.stdout.encoding or "utf-8"  # what the terminal cannot show becomes "?"
         sys.stdout.write(text.encode(enc, "replace").decode(enc))
@@ -145,8 +135,7 @@ def _export(args: argparse.Namespace) -> int:
         try:
             atomic_write_text(args.output, text)
         except OSError as e:
-            _err(f"cannot write {args.output}: {e.strerror or e}")
-            return 2
+            raise OutputError(f"cannot write {args.output}: {e.strerror or e}") from None
         print(f"wrote {args.output} ({args.format} format, {rows} student rows)", file=sys.stderr)
     return 0
 
@@ -163,36 +152,35 @@ def _token(args: argparse.Namespace) -> str:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
         except OSError as e:
-            raise _Bad(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
+            raise InputError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
         if not token:
-            raise _Bad(f"--token-file {args.token_file} is empty")
+            raise InputError(f"--token-file {args.token_file} is empty")
         return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    token = settings.canvas_token()
     if not token:
-        raise _Bad(
+        raise InputError(
             f"no Canvas API token: set {TOKEN_ENV} or pass --token-file FILE "
             "(Canvas: Account > Settings > New Access Token)"
         )
     return token
 
 
-def _push(args: argparse.Namespace) -> int:
-    from .canvas import CanvasPushError, CanvasSession, RetryPolicy, plan_targets, push
+def push(args: argparse.Namespace) -> int:
+    from ..lms.canvas import CanvasSession, RetryPolicy, plan_targets
+    from ..lms.canvas import push as push_all
+    from ..lms.feedback import max_points
+    from ..lms.roster import match
 
-    try:
-        results = _load(args.results, args.results_assignment)
-        roster = _roster(args.roster)
-        _need_someone("lms canvas push", results, roster)
-        url = args.url or os.environ.get(URL_ENV, "")
-        if not url:
-            raise _Bad(f"no Canvas URL: pass --url https://canvas.example.edu or set {URL_ENV}")
-        token = _token(args)
-        if args.retries < 0:
-            raise _Bad("--retries must be 0 or more")
-        session = CanvasSession(url, token, RetryPolicy(retries=args.retries))
-    except (_Bad, CanvasPushError) as e:
-        _err(str(e))
-        return 2
+    results = _load(args.results, args.results_assignment)
+    roster = _roster(args.roster)
+    _need_someone("lms canvas push", results, roster)
+    url = args.url or settings.canvas_url()
+    if not url:
+        raise InputError(f"no Canvas URL: pass --url https://canvas.example.edu or set {URL_ENV}")
+    token = _token(args)
+    if args.retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    session = CanvasSession(url, token, RetryPolicy(retries=args.retries))
 
     m = match(results, roster)
     if args.report_url:
@@ -219,20 +207,18 @@ def _push(args: argparse.Namespace) -> int:
         if not args.dry_run:
             print(f"[{i}/{n}] {o.target.label}: {o.action} ({o.detail})", file=sys.stderr)
 
-    try:
-        report = push(
-            session,
-            args.course,
-            args.assignment,
-            targets,
-            dry_run=args.dry_run,
-            max_score=max_points(results),
-            progress=progress,
-        )
-    except CanvasPushError as e:  # before any student: nothing was written
-        _err(str(e))
-        return 2 if e.config else 1
+    report = push_all(  # a CanvasPushError comes before any student: nothing was written
+        session,
+        args.course,
+        args.assignment,
+        targets,
+        dry_run=args.dry_run,
+        max_score=max_points(results),
+        progress=progress,
+    )
     _print_report(report, undelivered)
+    if report.aborted:
+        raise TensorgradeError(f"stopped: {report.aborted}")
     return 0 if report.ok and not undelivered else 1
 
 
@@ -253,8 +239,7 @@ def _print_report(report: PushReport, undelivered: int) -> None:
             "Canvas refused every student: check that the token's user may grade in this "
             "course (a teacher or TA), and that the assignment is assigned to these students"
         )
-    if report.aborted:
-        _err(f"stopped: {report.aborted}")
+    if report.aborted:  # the caller then stops with the error
         done = [o.target.label for o in report.outcomes if o.action in ("updated", "unchanged")]
         print(f"done before stopping ({len(done)}): {', '.join(done) or 'none'}")
         todo = [t.label for t in report.not_attempted]
@@ -278,9 +263,7 @@ def _print_report(report: PushReport, undelivered: int) -> None:
 
 # -- argparse ----------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "results", type=Path, metavar="RESULTS", help="folder written by `tensorgrade grade`"
-    )
+    options.results(p, "folder written by `tensorgrade grade`")
     p.add_argument(
         "--results-assignment",
         metavar="ID",
@@ -300,18 +283,21 @@ ROSTER_HELP = (
 )
 
 
-def register(subparsers) -> None:
-    """Add `lms canvas push` and `export` to the main `tensorgrade` parser's subcommands."""
-    lms = subparsers.add_parser(
+def register_lms(subparsers) -> None:
+    """`tensorgrade lms canvas push`."""
+    lms = options.command(
+        subparsers,
         "lms",
+        None,
         help="send results to a learning management system (Canvas)",
         description="Send results to a learning management system. For CSV files see `export`.",
     )
-    lms_sub = lms.add_subparsers(dest="lms", metavar="LMS", required=True)
-    canvas = lms_sub.add_parser("canvas", help="Canvas LMS", description="Canvas LMS.")
-    canvas_sub = canvas.add_subparsers(dest="canvas_command", metavar="COMMAND", required=True)
-    p = canvas_sub.add_parser(
+    lms_sub = options.subcommands(lms, "lms", "LMS")
+    canvas = options.command(lms_sub, "canvas", None, help="Canvas LMS", description="Canvas LMS.")
+    p = options.command(
+        options.subcommands(canvas, "canvas_command"),
         "push",
+        push,
         help="post scores and feedback comments to a Canvas assignment",
         description=(
             "Post each student's score and a feedback comment (total, per-question scores, "
@@ -367,10 +353,14 @@ def register(subparsers) -> None:
         metavar="N",
         help="retries per request on throttling, 5xx or a dropped connection (default 5)",
     )
-    p.set_defaults(func=_push)
 
-    e = subparsers.add_parser(
+
+def register_export(subparsers) -> None:
+    """`tensorgrade export`."""
+    e = options.command(
+        subparsers,
         "export",
+        export,
         help="write grades as CSV for Canvas's or Moodle's grade import, or plain",
         description=(
             "Write the results as CSV. canvas: Canvas's gradebook import (Grades > Import); "
@@ -390,9 +380,7 @@ def register(subparsers) -> None:
         help=ROSTER_HELP + " (canvas, moodle: required unless the results were graded from a "
         "Canvas or Gradescope download, which says who each submission belongs to)",
     )
-    e.add_argument(
-        "-o", "--output", type=Path, default=Path("-"), metavar="FILE", help="default: stdout"
-    )
+    options.output(e, "default: stdout", default=Path("-"), metavar="FILE")
     e.add_argument(
         "--assignment-name",
         metavar="NAME",
@@ -411,4 +399,3 @@ def register(subparsers) -> None:
         help="moodle: identify students by email (default; roster 'email'), username "
         "('login_id'), idnumber ('sis_user_id') or id ('moodle_id')",
     )
-    e.set_defaults(func=_export)

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import InputError, OutputError
+from . import options
+
 DESCRIPTION = (
     "Read RESULTS/<submission>/results.json (written by `tensorgrade grade`) and write one "
     "self-contained HTML feedback page per submission, OUT/<submission>.html, for the student "
@@ -18,48 +21,22 @@ DESCRIPTION = (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `report` command to the `tensorgrade` parser's subcommands."""
-    p = subparsers.add_parser(
-        "report",
-        help="write HTML feedback pages per student and a class summary",
-        description=DESCRIPTION,
-    )
-    p.add_argument("results", type=Path, metavar="RESULTS", help="folder `tensorgrade grade` wrote")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        metavar="OUT",
-        help="folder for the pages (default: RESULTS/reports)",
-    )
-    p.add_argument(
-        "--before-publication",
-        action="store_true",
-        help="leave hidden tests out of the student pages (and out of their scores), as "
-        "Gradescope hides after_published tests until scores are published",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Load the results, write the pages; `error: ...` and exit status 2 on bad input."""
+def report(args: argparse.Namespace) -> int:
+    """Load the results, write the pages; bad input is an error with exit status 2."""
     from tqdm import tqdm
 
+    from ..reports import write_reports
     from ..results import load_results_dir
-    from . import write_reports
 
     out = args.output if args.output is not None else args.results / "reports"
     if out.exists() and not out.is_dir():
-        return _error(f"{out} exists and is not a folder")
+        raise OutputError(f"{out} exists and is not a folder")
     try:
         results = load_results_dir(args.results)
-    except FileNotFoundError as e:
-        return _error(str(e))
     except (ValueError, KeyError, TypeError) as e:
-        return _error(f"{_unreadable(args.results)} cannot be read as a result ({e!r})")
+        raise InputError(
+            f"{_unreadable(args.results)} cannot be read as a result ({e!r})"
+        ) from None
 
     bar = tqdm(total=len(results), desc="reports", unit="page", disable=args.quiet, file=sys.stderr)
 
@@ -69,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = write_reports(results, out, args.before_publication, progress)
     except OSError as e:
-        return _error(f"cannot write to {out}: {e}")
+        raise OutputError(f"cannot write to {out}: {e}") from None
     finally:
         bar.close()
     hidden = " (hidden tests left out)" if args.before_publication else ""
@@ -89,6 +66,20 @@ def _unreadable(results_dir: Path) -> str:
     return f"a results.json under {results_dir}"
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+def register(sub) -> None:
+    p = options.command(
+        sub,
+        "report",
+        report,
+        help="write HTML feedback pages per student and a class summary",
+        description=DESCRIPTION,
+    )
+    options.results(p, "folder `tensorgrade grade` wrote")
+    options.output(p, "folder for the pages (default: RESULTS/reports)", metavar="OUT")
+    p.add_argument(
+        "--before-publication",
+        action="store_true",
+        help="leave hidden tests out of the student pages (and out of their scores), as "
+        "Gradescope hides after_published tests until scores are published",
+    )
+    options.quiet(p)
