@@ -11,7 +11,6 @@ too. Numbers from different machines are not comparable.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -21,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tensorgrade import errors
+from tensorgrade.cli import options
 from tensorgrade.course import find_root, get_assignments
 
 
@@ -34,10 +35,10 @@ def _import_torch() -> float:
     return _run([sys.executable, "-c", "import torch"], Path.cwd())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("id", nargs="?", default="01_tensors")
-    ap.add_argument("--repeats", type=int, default=5)
+def main() -> int:
+    ap = options.script_parser(__doc__)
+    options.assignment_id(ap, default="01_tensors")
+    options.repeats(ap, 5)
     ap.add_argument("--batch", type=int, default=6, help="n: batches of n and 2n are graded")
     args = ap.parse_args()
 
@@ -101,7 +102,8 @@ def main() -> None:
         )
         print(f"  per submission beyond its cells and tests  {extra:6.3f} s  (target <= 0.10)")
         print(f"  of it, sandbox start-up (median)           {statistics.median(start):6.3f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(errors.run(main))

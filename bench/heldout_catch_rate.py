@@ -15,14 +15,13 @@ mistake cannot be applied.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from tensorgrade import notebooks
+from tensorgrade import errors, notebooks
 from tensorgrade.audit import grade_submissions, lost_questions
+from tensorgrade.cli import options
 from tensorgrade.course import find_root, get_assignments
 from tensorgrade.grading import GradeOptions
 from tensorgrade.mutants import MutantError, apply_mutant, load_mutants
@@ -108,11 +107,11 @@ def measure(a, heldout: Path, opts: GradeOptions) -> tuple[int, int, list[float]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("ids", nargs="*", help="assignment ids (default: all)")
+    ap = options.script_parser(__doc__)
+    options.assignment_ids(ap)
     ap.add_argument("--heldout", type=Path, default=None, help="folder of <id>.yml (bench/heldout)")
-    ap.add_argument("-j", "--jobs", type=int, default=1, help="grading processes (default 1)")
-    ap.add_argument("--isolation", choices=["full", "reduced"], default="full")
+    options.jobs(ap, 1, "grading processes")
+    options.isolation(ap, "the sandbox's isolation")
     args = ap.parse_args()
 
     root = find_root()
@@ -136,4 +135,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(errors.run(main))
