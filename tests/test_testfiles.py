@@ -25,6 +25,7 @@ def _our_view(tests_dir):
     return sorted((s.question, s.index, s.name, s.points, s.hidden) for s in load_tests(tests_dir))
 
 
+@pytest.mark.slow  # builds every assignment
 @pytest.mark.parametrize("aid", ASSIGNMENT_IDS)
 def test_every_built_test_file_reads_as_otter_reads_it(aid, built_course):
     tests_dir = built_course[aid].tests_dir
