@@ -81,7 +81,7 @@ def main() -> int:
 
         # the marginal cost: a batch of 2n less a batch of n, so that what a batch pays once
         # (imports, the zygote, reading the tests) drops out
-        walls, own, start = {}, {}, []
+        walls, own, start, teardown = {}, {}, [], []
         for n in (args.batch, 2 * args.batch):
             many, out = work / f"many{n}", work / f"batch{n}"
             many.mkdir()
@@ -94,6 +94,7 @@ def main() -> int:
                 for p in out.glob("*/results.json")
             ]
             own[n] = sum(t.get("cells", 0) + t.get("tests", 0) for t in tm)
+            teardown += [t.get("teardown", 0) for t in tm]
             start += [t.get("startup", 0) for t in tm]
         n = args.batch
         extra = ((walls[2 * n] - own[2 * n]) - (walls[n] - own[n])) / n
@@ -102,6 +103,7 @@ def main() -> int:
         )
         print(f"  per submission beyond its cells and tests  {extra:6.3f} s  (target <= 0.10)")
         print(f"  of it, sandbox start-up (median)           {statistics.median(start):6.3f} s")
+        print(f"  of it, killing the sandbox (median)        {statistics.median(teardown):6.3f} s")
     return 0
 
 

@@ -181,7 +181,8 @@ def test_full_isolation_is_recorded_when_root(a1, tmp_path):
     r = _grade_file(a1, path)
     assert r.isolation["level"] == "full", r.isolation
     assert all(r.isolation[k] for k in ("uid", "net", "mount", "pid", "ipc", "landlock", "seccomp"))
-    assert set(r.timings) == {"startup", "cells", "tests"}
+    assert set(r.timings) == {"startup", "cells", "tests", "teardown"}
+    assert abs(sum(r.timings.values()) - r.execution_time) < 0.01
 
 
 @pytest.mark.slow

@@ -257,7 +257,9 @@ def grade(
             Spare.launch(slot, limits, files_from)
         result.tests = _run_tests(session, specs)
     finally:
+        ended = time.monotonic()
         session.close()  # results are returned (and written) only after the sandbox is dead
+        teardown = round(time.monotonic() - ended, 3)
     result.sandbox_uids = sorted(set(session.uids))
     result.isolation = weakest(session.isolation)
     _record_gpu(result, session.gpu_released, notes)
@@ -266,8 +268,9 @@ def grade(
     result.figures = figures
     result.execution_time = time.monotonic() - start
     if "cells" in result.timings:
-        done = sum(result.timings.values())
+        done = sum(result.timings.values()) + teardown
         result.timings["tests"] = round(result.execution_time - done, 3)
+        result.timings["teardown"] = teardown  # killing the sandbox and removing its files
     return result
 
 
