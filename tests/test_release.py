@@ -76,15 +76,12 @@ def _committed_student_files() -> dict[str, bytes]:
     return {p: (ROOT / p).read_bytes() for p in tracked if (ROOT / p).is_file()}
 
 
-def _course_copy(tmp_path: Path, with_dist: bool = False) -> Path:
+def _course_copy(tmp_path: Path) -> Path:
     """A course of its own (for TENSORGRADE_ROOT) that a test may edit."""
     course = tmp_path / "course"
     for name in ("solutions", "assignments"):
         shutil.copytree(ROOT / name, course / name)
     shutil.copy(ROOT / "student_env.yml", course)
-    if with_dist:
-        for aid in ASSIGNMENT_IDS:
-            shutil.copytree(ROOT / "dist" / aid, course / "dist" / aid)
     return course
 
 
@@ -442,7 +439,7 @@ def test_audit_requires_a_hidden_test_per_question(built):
     assert "mutant typo" in problem and "q99" in problem
 
 
-def test_a_mutant_of_a_function_the_master_lacks_is_a_clear_error(built, tmp_path):
+def test_a_mutant_of_a_function_the_master_lacks_is_a_clear_error(built_course, tmp_path):
     (a,) = get_assignments(ROOT, ["01_tensors"])
     solution = read(a.solution)
     m = Mutant("misspelt", ("q1",), "def gaussian_densty(x, mu, sigma):\n    return x\n")
@@ -450,7 +447,8 @@ def test_a_mutant_of_a_function_the_master_lacks_is_a_clear_error(built, tmp_pat
         apply_mutant(solution, m)
     assert "gaussian_density" in str(e.value), "the message lists what the solution defines"
 
-    course = _course_copy(tmp_path, with_dist=True)
+    course = _course_copy(tmp_path)  # with 01 built: the only assignment this test grades
+    shutil.copytree(built_course["01_tensors"].dist, course / "dist" / "01_tensors")
     mutants = course / "solutions" / "01_tensors" / "mutants.yml"
     mutants.write_text(
         mutants.read_text()
