@@ -86,6 +86,7 @@ def test_pin_check_compares_the_imported_torch_with_the_promise(monkeypatch):
     assert f"promises torch 0.0.1 ({TORCH_VERSION_ENV}) but imports" in torch_pin_mismatch()
 
 
+@pytest.mark.slow  # three interpreters, one importing torch: seconds
 def test_pin_check_reads_the_torch_that_would_be_imported_without_importing_it(tmp_path):
     """Checked before the grader imports torch (the zygote imports its own meanwhile): the version
     is read from the torch that `import torch` would load, a shadowing one included."""
