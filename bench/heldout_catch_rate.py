@@ -9,7 +9,10 @@ loses points on some question (and *on target* when one of those is a question i
 solution is graded too, as a control: a measurement where it does not get full marks is invalid.
 
 Only question names and scores are printed, never the hidden tests' names or messages, so that
-whoever writes the held-out set can stay blind to the tests. Exits 1 when the control fails or a
+whoever writes the held-out set can stay blind to the tests. The set in bench/heldout/ was written
+on 2026-11-30 from the student notebooks alone (86 mistakes); it measured the hidden tests before
+and after one strengthening pass and is no longer held out for anyone who has read it: a later
+pass should be measured with a new set, written the same way. Exits 1 when the control fails or a
 mistake cannot be applied.
 """
 
