@@ -144,6 +144,27 @@ def _public_test_cells(master) -> str:
     return "\n".join(out)
 
 
+def _given_code(master) -> str:
+    """The code the master gives students as it is: code cells outside BEGIN/END TESTS, without
+    their BEGIN/END SOLUTION regions."""
+    out, tests, solution = [], False, False
+    for cell in master.cells:
+        first = cell.source.lstrip().splitlines()[0].upper() if cell.source.strip() else ""
+        if cell.cell_type == "raw" and first.startswith("# BEGIN TESTS"):
+            tests = True
+        elif cell.cell_type == "raw" and first.startswith("# END TESTS"):
+            tests = False
+        elif cell.cell_type == "code" and not tests:
+            for line in cell.source.splitlines():
+                if line.strip().endswith("# BEGIN SOLUTION"):
+                    solution = True
+                elif line.strip().endswith("# END SOLUTION"):
+                    solution = False
+                elif not solution:
+                    out.append(line)
+    return "\n".join(out)
+
+
 def _searchable(path: str, data: bytes) -> str:
     """Where solution code could hide: code cells and public tests of a notebook, or the file."""
     text = data.decode("utf-8", "replace")
@@ -174,17 +195,19 @@ def test_release_holds_no_master_no_solution_no_hidden_test_nothing_of_dist(buil
             assert all(c["cell_type"] != "raw" for c in json.loads(text)["cells"]), path
 
     # no solution code: every solution line of every master, grepped in the release. Allowed:
-    # a line that the master's own public tests contain (its author published it), and a line in
-    # a helper that is a byte copy of tensorgrade's own module (public code by design).
+    # a line that the master's own public tests contain (its author published it), a line that
+    # some master gives students as it is (a generic loop header), and a line in a helper that is
+    # a byte copy of tensorgrade's own module (public code by design).
     package = Path(tensorgrade.__file__).parent
     copies = {p for p in HELPERS - {"src/tensorgrade/__init__.py"}}
     for p in copies:
         assert files[p] == (package / Path(p).name).read_bytes(), f"{p} is not tensorgrade's"
     leaks, allowed = [], []
+    given = "\n".join(_given_code(m) for m in masters.values())
     for aid, master in masters.items():
         sol = _solution_lines(master)
         assert sol, f"{aid}: the master should have solution lines to look for"
-        public = _public_test_cells(master)
+        public = _public_test_cells(master) + "\n" + given
         for path, data in files.items():
             text = _searchable(path, data)
             for line in sol:
@@ -683,3 +706,30 @@ def test_colab_route_installs_everything_from_the_release(built, tmp_path, monke
         # without the first cell's work, otter in Colab refuses (what students met before)
         assert "CONTROL Tests directory ./tests does not exist" in last, last
         assert list(alone.iterdir()) == []
+
+
+def test_a_solution_line_that_a_master_gives_students_is_not_a_leak():
+    """A generic line (a timing loop's header) in one assignment's solution and in another's
+    given code is public already: a note. Any other solution line in a released file is refused."""
+    from tensorgrade.release import Release, check_no_secrets
+
+    assignments = get_assignments(ROOT, None)
+    generic = "for _ in range(repeats):"
+    secret = "rtol = max(A.shape) * torch.finfo(A.dtype).eps"
+    solutions = {a.id: _solution_lines(read(a.master)) for a in assignments}
+    given = {a.id: _given_code(read(a.master)) for a in assignments}
+    owner = next(aid for aid, lines in solutions.items() if generic in lines)
+    assert any(generic in code for aid, code in given.items() if aid != owner)
+    leak_owner = next(aid for aid, lines in solutions.items() if secret in lines)
+    assert not any(secret in code for code in given.values())
+
+    def notebook(line: str) -> bytes:
+        cell = {"cell_type": "code", "source": f"x = 1\n{line}\n", "metadata": {}, "outputs": []}
+        return json.dumps({"cells": [cell], "metadata": {}}).encode()
+
+    ok = Release({"assignments/x/x.ipynb": notebook(generic)}, ["x"])
+    notes = check_no_secrets(ok, assignments)
+    assert any(generic in n and owner in n for n in notes)
+    bad = Release({"assignments/x/x.ipynb": notebook(secret)}, ["x"])
+    with pytest.raises(ReleaseError, match=f"holds a line of the solution of {leak_owner}"):
+        check_no_secrets(bad, assignments)

@@ -454,6 +454,25 @@ def make_release(root: Path, assignments: list[Assignment], title: str = "") -> 
     return release
 
 
+def _given_code(master) -> str:
+    """The code a master gives students as it is: its code cells outside solution regions and
+    outside test cells (a line there is public by its author's choice, in whatever assignment)."""
+    tests = {t.cell for t in master_tests(master)}
+    kept, inside = [], False
+    for i, cell in enumerate(master.cells):
+        if cell.cell_type != "code" or i in tests:
+            continue
+        for line in cell.source.splitlines():
+            s = line.strip()
+            if s.endswith("# END SOLUTION"):
+                inside = False
+            elif s.endswith("# BEGIN SOLUTION"):
+                inside = True
+            elif not inside and not s.endswith("# SOLUTION"):
+                kept.append(line)
+    return "\n".join(kept)
+
+
 def _solution_lines(master) -> set[str]:
     """Code lines of the master's solutions: in ``# BEGIN/END SOLUTION`` regions, or ``# SOLUTION``."""
     lines, inside = set(), False
@@ -488,13 +507,18 @@ def check_no_secrets(release: Release, assignments: list[Assignment]) -> list[st
     solutions: dict[str, str] = {}
     hidden: dict[str, str] = {}
     notes: list[str] = []
+    masters = {a.id: notebooks.read(a.master) for a in assignments}
+    given = {aid: _given_code(m) for aid, m in masters.items()}
     for a in assignments:
-        master = notebooks.read(a.master)
+        master = masters[a.id]
         tests = master_tests(master)
         public = "\n".join(master.cells[t.cell].source for t in tests if not t.hidden)
         for line in sorted(_solution_lines(master)):
+            shown = [aid for aid, code in given.items() if line in code]
             if line in public:
                 notes.append(f"{a.id}: a public test holds this line of the solution: {line!r}")
+            elif shown:  # a generic line (a loop header...) that some master gives students
+                notes.append(f"{a.id}: the given code of {', '.join(shown)} holds: {line!r}")
             else:
                 solutions[line] = a.id
         hidden |= {t.name: f"{a.id} {t.question}" for t in tests if t.hidden and t.name}
