@@ -130,38 +130,39 @@ def _solution_lines(master) -> set[str]:
     return {s for s in lines if len(s) > 12}
 
 
-def _public_test_cells(master) -> str:
-    """The source of the master's public test cells (between BEGIN/END TESTS, no # HIDDEN)."""
-    out, inside = [], False
+def _code_cells(master):
+    """Each code cell of the master with whether it is a test (between BEGIN/END TESTS) and its
+    first line in upper case."""
+    inside = False
     for cell in master.cells:
         first = cell.source.lstrip().splitlines()[0].upper() if cell.source.strip() else ""
-        if cell.cell_type == "raw" and first.startswith("# BEGIN TESTS"):
-            inside = True
-        elif cell.cell_type == "raw" and first.startswith("# END TESTS"):
-            inside = False
-        elif inside and cell.cell_type == "code" and not first.startswith("# HIDDEN"):
-            out.append(cell.source)
-    return "\n".join(out)
+        if cell.cell_type == "raw" and first.startswith(("# BEGIN TESTS", "# END TESTS")):
+            inside = first.startswith("# BEGIN TESTS")
+        elif cell.cell_type == "code":
+            yield cell, inside, first
+
+
+def _public_test_cells(master) -> str:
+    """The source of the master's public test cells (between BEGIN/END TESTS, no # HIDDEN)."""
+    return "\n".join(
+        c.source
+        for c, test, first in _code_cells(master)
+        if test and not first.startswith("# HIDDEN")
+    )
 
 
 def _given_code(master) -> str:
     """The code the master gives students as it is: code cells outside BEGIN/END TESTS, without
     their BEGIN/END SOLUTION regions."""
-    out, tests, solution = [], False, False
-    for cell in master.cells:
-        first = cell.source.lstrip().splitlines()[0].upper() if cell.source.strip() else ""
-        if cell.cell_type == "raw" and first.startswith("# BEGIN TESTS"):
-            tests = True
-        elif cell.cell_type == "raw" and first.startswith("# END TESTS"):
-            tests = False
-        elif cell.cell_type == "code" and not tests:
-            for line in cell.source.splitlines():
-                if line.strip().endswith("# BEGIN SOLUTION"):
-                    solution = True
-                elif line.strip().endswith("# END SOLUTION"):
-                    solution = False
-                elif not solution:
-                    out.append(line)
+    out, solution = [], False
+    for cell, test, _ in _code_cells(master):
+        for line in [] if test else cell.source.splitlines():
+            if line.strip().endswith("# BEGIN SOLUTION"):
+                solution = True
+            elif line.strip().endswith("# END SOLUTION"):
+                solution = False
+            elif not solution:
+                out.append(line)
     return "\n".join(out)
 
 
