@@ -234,9 +234,9 @@ class Spare:
 
     Launched while the judge runs the previous submission's tests, it confines itself and starts
     its shell on another core, so the next submission finds it ready instead of waiting for a
-    fresh one (measured: 0.05 s of each submission of a batch on a quiet machine, 0.2 s on a busy one). It has run no code but ours: taking it
-    is the same as starting a sandbox then. It is used only with the slot, limits and data files
-    it was launched with; anything else closes it.
+    fresh one (measured: 0.05 s of each submission of a batch on a quiet machine, 0.2 s on a busy
+    one). It has run no code but ours: taking it is the same as starting a sandbox then. It is
+    used only with the slot, limits and data files it was launched with; anything else closes it.
     """
 
     _sandbox: Sandbox | None = None
