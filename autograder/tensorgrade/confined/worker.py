@@ -234,13 +234,42 @@ def _plain(x):
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"a function of the grader takes tensors, not {type(x).__name__}")
-    legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-    if legacy is not None and legacy(x):
+    if _is_legacy_batched(x):  # left batched by a legacy vmap nested in another one
         raise RuntimeError(
-            "a function the grader lends cannot be batched by torch.autograd.functional's "
-            "vectorize=True: use torch.func (jacrev, jacfwd, vmap) instead"
+            "a function the grader lends cannot be batched twice by torch.autograd's legacy "
+            "batching (nested is_grads_batched or vectorize=True): use torch.func instead"
         )
     return torch.Tensor.detach(x)
+
+
+def _is_legacy_batched(x) -> bool:
+    import torch
+
+    legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return isinstance(x, torch.Tensor) and legacy is not None and bool(legacy(x))
+
+
+def _unbatch_legacy(xs: tuple) -> tuple[int, tuple, list] | None:
+    """Inputs batched by torch.autograd's own (legacy) vmap: ``is_grads_batched=True``, and
+    ``torch.autograd.functional.jacobian(..., vectorize=True)`` which uses it. Their physical
+    tensors (batch first), the batch dimension of each (None: not batched), and the vmap level
+    to batch the answer at again; None where no input is batched that way."""
+    import torch
+
+    if not any(_is_legacy_batched(x) for x in xs):
+        return None
+    level = torch._C._vmapmode_increment_nesting() - 1  # the innermost legacy vmap's level
+    torch._C._vmapmode_decrement_nesting()
+    physical: list = []
+    dims: list[int | None] = []
+    for x in xs:
+        if _is_legacy_batched(x):
+            physical.append(torch._remove_batch_dim(x, level, 1, 0))  # a size for unbatched only
+            dims.append(0)
+        else:
+            physical.append(x)
+            dims.append(None)
+    return level, tuple(physical), dims
 
 
 class _RemoteFunction:
@@ -253,8 +282,9 @@ class _RemoteFunction:
         if kwargs:
             raise TypeError(f"{self.name} takes tensors as positional arguments only")
         for x in args:
-            _plain(x)
-        out = self._judge.op.apply((self._token, ("f",)), *args)
+            if not _is_legacy_batched(x):  # batched ones are checked once unbatched
+                _plain(x)
+        out = self._judge.op((self._token, ("f",)), *args)
         return out[0] if len(out) == 1 else out
 
     def __repr__(self) -> str:
@@ -290,7 +320,7 @@ def _remote_op(judge: _Judge):
         @staticmethod
         def backward(ctx, *grads):  # grads of unused outputs arrive as zeros (materialised)
             token, spec = ctx.what
-            res = Remote.apply((token, ("vjp", spec, ctx.n_in)), *ctx.saved_tensors, *grads)
+            res = apply((token, ("vjp", spec, ctx.n_in)), *ctx.saved_tensors, *grads)
             return (None, *res)
 
         @staticmethod
@@ -300,15 +330,27 @@ def _remote_op(judge: _Judge):
             ts = [
                 torch.zeros_like(x) if t is None else t for x, t in zip(xs, tangents, strict=True)
             ]
-            return Remote.apply((token, ("jvp", spec, ctx.n_in)), *xs, *ts)
+            return apply((token, ("jvp", spec, ctx.n_in)), *xs, *ts)
 
         @staticmethod
         def vmap(info, in_dims, what, *xs):
             token, spec = what
-            out = Remote.apply((token, ("vmap", spec, tuple(in_dims[1:]))), *xs)
+            out = apply((token, ("vmap", spec, tuple(in_dims[1:]))), *xs)
             return out, tuple(0 for _ in out)
 
-    return Remote
+    def apply(what: tuple, *xs):
+        """``Remote.apply``; inputs batched by torch.autograd's legacy vmap are sent as a vmap
+        of their physical tensors and the answer is batched again, both outside ``Remote`` so
+        that autograd records the unbatching (a derivative through it stays connected)."""
+        legacy = _unbatch_legacy(xs)
+        if legacy is None:
+            return Remote.apply(what, *xs)
+        level, physical, dims = legacy
+        token, spec = what
+        out = Remote.apply((token, ("vmap", spec, tuple(dims))), *physical)
+        return tuple(torch._add_batch_dim(o, 0, level) for o in out)
+
+    return apply
 
 
 def _put_files(header: dict, blob: bytes) -> None:
