@@ -224,8 +224,9 @@ def run(root: Path | None = None) -> int:
     if sub is None:
         res = _ungradable(a, specs, ag, why, key)
     else:
-        from .grading import GradeOptions, grade_one, is_internal_error
+        from .grading import GradeOptions, grade_one, is_internal_error, prestart_zygote
 
+        prestart_zygote([(a, sub)], GradeOptions().isolation)  # its imports overlap ours
         print(f"grading {sub.path.relative_to(root)} for {a.id} ...", flush=True)
         graded: SubmissionResult | None
         try:

@@ -157,13 +157,14 @@ def _grade_one(
         res.autograder_sha256 = ag
         return res
     if opts.engine == "trusted":
-        from .judge import engine
+        from .judge import engine, warm
 
         res = engine.grade(
             data,
             sub.path.name,
             a.id,
             specs,
+            warm=warm.judge_modules(a),
             limits=load_limits(a),
             files_from=a.student_dir,
             slot=slot,
@@ -192,7 +193,7 @@ def grade_many(
     workers = max(1, min(opts.gpu_slots * len(gpu_ids) if gpu_ids else opts.jobs, len(jobs)))
     if workers == 1 and not gpu_ids and not opts.judge_user:
         if opts.engine == "trusted" and jobs:
-            _prestart_zygote(_hidden(jobs), opts.isolation)
+            prestart_zygote(jobs, opts.isolation)
         try:
             for i, job in enumerate(jobs):
                 yield job, _grade_job(job, opts, ags[job[0].id], prepare_next=i + 1 < len(jobs))
@@ -226,7 +227,7 @@ def _pool(
         max_workers=workers,
         mp_context=ctx,
         initializer=_start_worker,
-        initargs=(counter, gpu_ids, opts.judge_user, _hidden(jobs), opts.isolation),
+        initargs=(counter, gpu_ids, opts.judge_user, jobs, opts.isolation),
     ) as pool:
         futs = {pool.submit(_grade_job, job, opts, ags[job[0].id]): job for job in jobs}
         try:
@@ -291,7 +292,11 @@ def _hidden(jobs: list[tuple[Assignment, Submission]]) -> list[Path]:
 
 
 def _start_worker(
-    counter, gpu_ids: list[str], judge_user: str, hidden: list[Path], isolation: str
+    counter,
+    gpu_ids: list[str],
+    judge_user: str,
+    jobs: list[tuple[Assignment, Submission]],
+    isolation: str,
 ) -> None:
     """Give this worker process its sandbox slot and, with --gpu-slots, its one GPU: set before
     torch touches CUDA, and inherited by every sandbox the worker starts. With a judge user, start
@@ -304,14 +309,14 @@ def _start_worker(
         from .judge.gpus import gpu_for_slot
 
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(_worker_slot, gpu_ids)
-    _prestart_zygote(hidden, isolation)  # with its GPU: the zygote's sandboxes inherit it
+    prestart_zygote(jobs, isolation)  # with its GPU: the zygote's sandboxes inherit it
     import torch
 
     # the judge's own tensor work (references, finite differences) shares the cores with the
     # other workers and every sandbox: one thread each, as the sandboxes have
     torch.set_num_threads(int(settings.threads()))
     if judge_user:
-        _become(judge_user, hidden, isolation)
+        _become(judge_user, _hidden(jobs), isolation)
 
 
 def _discard_spare() -> None:
@@ -322,12 +327,15 @@ def _discard_spare() -> None:
         Spare.discard()
 
 
-def _prestart_zygote(hidden: list[Path], isolation: str) -> None:
+def prestart_zygote(jobs: list[tuple[Assignment, Submission]], isolation: str) -> None:
     """Start the sandbox starter now, before this process imports torch: the two imports run
-    side by side instead of one after the other (about a second of every cold start)."""
+    side by side instead of one after the other (about a second of every cold start). It also
+    imports what these assignments' sandboxes would each import again (``judge.warm``)."""
+    from .judge import warm
     from .judge.starter import Zygote
 
-    Zygote.prestart(hidden, namespaces=isolation == "full")
+    preload = sorted({m for a in {a for a, _ in jobs} for m in warm.sandbox_modules(a)})
+    Zygote.prestart(_hidden(jobs), namespaces=isolation == "full", preload=preload)
 
 
 def _become(user: str, hidden: list[Path], isolation: str) -> None:

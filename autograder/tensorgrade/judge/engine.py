@@ -33,6 +33,7 @@ from ..results import (
 from ..submissions import Ungradable, cell_source, parse_notebook
 from ..testfiles import TestSpec
 from ..testing import TestFailure
+from . import warm as warm_imports
 from .proxy import Proxy, SandboxGone, StudentError, evaluation
 from .sandbox import Limits, Sandbox, SandboxDied, SandboxTimeout, Spare, Zygote
 from .source import definition_source
@@ -224,11 +225,13 @@ def grade(
     forbidden: list[Path] | None = None,
     isolation: str = "full",
     prepare_next: bool = False,
+    warm: list[str] | None = None,
 ) -> SubmissionResult:
     """Grade one notebook: check it, run its cells in a sandbox, run every test here.
 
     ``prepare_next``: another submission with the same limits follows in this process; its
-    sandbox is launched while this one's tests run (``Spare``)."""
+    sandbox is launched while this one's tests run (``Spare``). ``warm``: modules the tests will
+    import lazily, imported here while the cells run (``judge.warm``)."""
     start = time.monotonic()
     result = SubmissionResult(assignment_id, name, "trusted", "graded")
     result.judge_user = _user_name(os.getuid())
@@ -244,6 +247,7 @@ def grade(
     notes: list[str] = []
     stdout: list[str] = []
     figures: list[dict] = []
+    warming = warm_imports.start(warm or [])  # while the sandbox starts and the cells run
     try:
         try:
             session.start()
@@ -255,6 +259,8 @@ def grade(
         result.timings["cells"] = round(time.monotonic() - start - result.timings["startup"], 3)
         if prepare_next:
             Spare.launch(slot, limits, files_from)
+        if warming is not None:
+            warming.join()  # the tests may import the same modules: never two threads at once
         result.tests = _run_tests(session, specs)
     finally:
         ended = time.monotonic()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 _MAGIC = re.compile(r"^\s*[%!]")
 
 
+@functools.lru_cache(maxsize=256)  # every test that reads a definition parses every cell again
 def parse_cell(source: str) -> ast.Module | None:
-    """Parse a cell, blanking IPython magics and shell lines so the rest still parses."""
+    """Parse a cell, blanking IPython magics and shell lines so the rest still parses (the tree
+    is shared between callers: read it, never change it)."""
     lines = ["" if _MAGIC.match(line) else line for line in source.splitlines()]
     if lines and lines[0].startswith("%%"):
         return None

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import protocol, settings
@@ -63,6 +64,7 @@ class Zygote:
     failure = ""
     hidden: list[Path] = []
     namespaces = True
+    preload: list[str] = []  # modules it imports before forking (``judge.warm``)
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -70,6 +72,7 @@ class Zygote:
         cmd = [sys.executable, "-m", "tensorgrade.root.zygote", str(theirs.fileno())]
         cmd += [f"--hide={p}" for p in self.hidden]
         cmd += [] if self.namespaces else ["--no-namespaces"]
+        cmd += [f"--preload={m}" for m in self.preload]
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             cmd,
@@ -102,16 +105,23 @@ class Zygote:
         self.ready = True
 
     @classmethod
-    def configure(cls, hidden: list[Path], namespaces: bool) -> None:
-        """What the next zygote is started with; a running one with other settings is replaced."""
+    def configure(
+        cls, hidden: list[Path], namespaces: bool, preload: list[str] | None = None
+    ) -> None:
+        """What the next zygote is started with; a running one with other settings is replaced.
+        ``preload``: what it imports before forking (None: as before; a running one with fewer
+        modules is kept, its sandboxes import the rest themselves)."""
         hidden = sorted(Path(p).resolve() for p in hidden)
+        preload = cls.preload if preload is None else sorted(set(preload))
         with cls._lock:
             if (hidden, namespaces) != (cls.hidden, cls.namespaces):
-                cls.hidden, cls.namespaces = hidden, namespaces
+                cls.hidden, cls.namespaces, cls.preload = hidden, namespaces, preload
                 if cls._instance is not None:
                     cls._instance.stop()
                     cls._instance = None
                 cls.failure = ""
+            elif cls._instance is None:
+                cls.preload = preload
 
     @classmethod
     def get(cls) -> Zygote | None:
@@ -137,11 +147,11 @@ class Zygote:
             return cls._instance
 
     @classmethod
-    def prestart(cls, hidden: list[Path], namespaces: bool) -> None:
+    def prestart(cls, hidden: list[Path], namespaces: bool, preload: Sequence[str] = ()) -> None:
         """Start the zygote without waiting for it, so that it imports torch while this process
         imports its own; the first ``get()`` waits for it. Nothing happens if one is running with
         these settings or if it cannot start (``get()`` then says why)."""
-        cls.configure(hidden, namespaces)
+        cls.configure(hidden, namespaces, list(preload))
         with cls._lock:
             if cls._instance is None and not cls.failure:
                 try:

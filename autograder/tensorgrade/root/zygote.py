@@ -51,11 +51,24 @@ class _Stop(Exception):
     pass
 
 
+def _preload(modules: list[str]) -> None:
+    """Import what every sandbox would (``judge.warm``), once, before any fork; a module that
+    fails to import is left for the sandbox to import (and to fail on) itself."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except Exception as e:  # noqa: BLE001 - a head start only
+            print(f"zygote: could not preload {m}: {e}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="tensorgrade.root.zygote")
     ap.add_argument("fd", type=int)
     ap.add_argument("--hide", action="append", default=[], help="never visible to a sandbox")
     ap.add_argument("--no-namespaces", action="store_true")
+    ap.add_argument("--preload", action="append", default=[], help="imported before forking")
     args = ap.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the judge
@@ -68,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from .. import portable, testing, wire  # noqa: F401
     from ..confined import sandbox, worker  # noqa: F401
 
+    _preload(args.preload)
     z = Zygote(sock, [Path(p) for p in args.hide], namespaces=not args.no_namespaces)
     try:
         z.serve()
