@@ -36,6 +36,7 @@ def test_what_is_imported_ahead_follows_the_assignments_files(tmp_path):
     assert warm.judge_modules(lends) == [warm.DYNAMO]
 
 
+@pytest.mark.slow  # builds 02
 def test_the_real_assignments_warm_what_their_grading_imports(built_course):
     """01 has no torch.func: nobody imports dynamo for it (1.5 s on a cold start for nothing)."""
     a1, a2 = built_course["01_tensors"], built_course["02_autodiff"]
