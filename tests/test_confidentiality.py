@@ -258,6 +258,7 @@ GOOD = [
     {"op": "names", "id": 3, "names": {"f": True}},
     {"op": "value", "id": 3, "value": {"__list__": [1]}},
     {"op": "error", "id": 3, "kind": "raised", "error": "ValueError: x"},
+    {"op": "error", "id": 3, "kind": "check_failed", "error": "changed its grad_output in place"},
     {"op": "eval", "id": 3, "token": 1, "spec": ["vmap", ["vjp", ["f"], 1], [0, None]], "value": 1},
     {"op": "done", "id": None, "ok": True},
 ]

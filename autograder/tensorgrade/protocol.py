@@ -253,7 +253,7 @@ MAX_FIGURES = 64
 MAX_FIGURE_TEXT = 2_000_000  # characters of one base64 PNG
 MAX_SPEC_DEPTH = 8  # derivative and vmap levels of one remote evaluation
 MAX_ARGS = 16  # tensors one remote evaluation takes
-ERROR_KINDS = ("raised", "not_data", "bad_request")
+ERROR_KINDS = ("raised", "not_data", "bad_request", "check_failed")
 
 
 @dataclass(frozen=True)
@@ -297,8 +297,10 @@ class Value:
 @dataclass(frozen=True)
 class Failed:
     """The answer to ``call``/``vjp``/``jvp`` when the student's code raised (``raised``), returned
-    something that is not data (``not_data``), or the request named nothing there
-    (``bad_request``). ``error`` is the student's text: shown, if at all, only in public tests."""
+    something that is not data (``not_data``), the request named nothing there (``bad_request``),
+    or a check of ``testing`` that runs next to the student's code failed (``check_failed``: a
+    backward changed its cotangent in place). ``error`` is the student's text: shown, if at all,
+    only in public tests."""
 
     id: int
     kind: str

@@ -247,35 +247,59 @@ def _needs_grad(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
 
 
-def vjp(fn: Any, primals: Any, cotangents: Any) -> tuple[Any, Any]:
+def vjp(
+    fn: Any, primals: Any, cotangents: Any, wrt: Sequence[int] | None = None
+) -> tuple[Any, Any]:
     """``(fn(*primals), J^T v)`` by reverse mode (``.backward``), with ``None`` for inputs that
-    are not floating tensors or that the output does not depend on."""
+    are not floating tensors or that the output does not depend on.
+
+    ``wrt``: the positions of the inputs that require grad (default: every floating tensor); the
+    others are passed as plain tensors, as a caller's constant would be, and get ``None``. Fails
+    the test (``check_failed``) if the backward changed a cotangent in place: autograd may hand
+    the same tensor to other nodes of a larger graph."""
     primals, cotangents = _as_tuple(primals), _as_tuple(cotangents)
     remote = getattr(fn, "__tg_vjp__", None)
     if remote is not None:
-        return remote(primals, cotangents)
+        return remote(primals, cotangents) if wrt is None else remote(primals, cotangents, wrt)
     if len(cotangents) == 1 and isinstance(cotangents[0], str) and cotangents[0] == _OBSERVE:
         return _observed_call(fn, primals)
-    xs = [p.detach().clone().requires_grad_(True) if _needs_grad(p) else p for p in primals]
+    chosen = range(len(primals)) if wrt is None else {int(i) for i in wrt}
+    needs = [i in chosen and _needs_grad(p) for i, p in enumerate(primals)]
+    xs = [
+        p.detach().clone().requires_grad_(n) if isinstance(p, torch.Tensor) else p
+        for p, n in zip(primals, needs, strict=True)
+    ]
     out = fn(*xs)
     outs = _as_tuple(out)
-    wrt = [x for x in xs if _needs_grad(x)]
+    inputs = [x for x, n in zip(xs, needs, strict=True) if n]
     pairs = [
         (o, c.to(dtype=o.dtype, device=o.device))
         for o, c in zip(outs, cotangents, strict=False)
         if isinstance(o, torch.Tensor) and o.requires_grad
     ]
+    given = [c.detach().clone() for _, c in pairs]
     grads: tuple[torch.Tensor | None, ...]
-    if pairs and wrt:
+    if pairs and inputs:
         grads = torch.autograd.grad(
-            [o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True
+            [o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True
         )
     else:
-        grads = (None,) * len(wrt)
+        grads = (None,) * len(inputs)
+    if any(not _same(c, g) for (_, c), g in zip(pairs, given, strict=True)):
+        raise TestFailure(
+            "the backward changed its grad_output (the cotangent it was given) in place: autograd "
+            "may hand the same tensor to other parts of a graph; compute a new tensor instead",
+            "check_failed",
+        )
     it = iter(grads)
-    full = tuple(next(it) if _needs_grad(x) else None for x in xs)
+    full = tuple(next(it) if n else None for n in needs)
     detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outs)
     return (detached if isinstance(out, (tuple, list)) else detached[0]), full
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (a cotangent may hold NaN on purpose)."""
+    return a.shape == b.shape and bool(torch.all((a == b) | (a.isnan() & b.isnan())))
 
 
 def jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Any, Any]:

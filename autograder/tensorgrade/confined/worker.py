@@ -164,11 +164,14 @@ def serve(req_fd: int, resp_fd: int, isolation: Isolation, stdout_cap: int) -> N
                 if op == "call":
                     value = fn(*args["args"], **args["kwargs"])
                 elif op == "vjp":
-                    value = testing.vjp(fn, args["primals"], args["cotangents"])
+                    value = testing.vjp(fn, args["primals"], args["cotangents"], args.get("wrt"))
                 elif op == "jvp":
                     value = testing.jvp(fn, args["primals"], args["tangents"])
                 else:
                     raise ValueError(f"unknown request {op!r}")
+        except testing.TestFailure as e:  # a check of testing's own, run here (vjp)
+            send({"op": "error", "id": rid, "kind": "check_failed", "error": str(e)[:2000]})
+            continue
         except BaseException as e:  # noqa: BLE001 - every student failure becomes an answer
             if isinstance(e, (SystemExit, KeyboardInterrupt)):
                 error = f"{type(e).__name__} raised"

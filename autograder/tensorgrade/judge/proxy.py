@@ -16,14 +16,14 @@ import torch
 
 from .. import protocol, wire
 from ..portable import REGISTRY, Portable
-from ..results import CRASHED, NOT_DEFINED, RAISED, WRONG_TYPE
+from ..results import CHECK_FAILED, CRASHED, NOT_DEFINED, RAISED, WRONG_TYPE
 from .sandbox import sandbox_threads
 
 # Portables whose tests look inside their autograd graph (how many tensors it saves): the
 # sandbox must run their real torch ops, so they travel as name + parameters, as before. Their
 # calls cannot be counted by the judge: their ``calls`` is set to NaN, which fails every
 # comparison, so no test can pass by trusting a count the sandbox could forge.
-LOCAL_PORTABLES = frozenset({"tanh_chain"})
+LOCAL_PORTABLES = frozenset({"tanh_chain", "gated_chain"})
 MAX_EVAL_BYTES = 256 * 2**20  # tensor bytes the sandbox may send for one remote evaluation
 _DEVICES = {"cpu": "cpu", "cuda": "cuda"}
 _EVAL_THREADS = max(1, int(sandbox_threads()) if sandbox_threads().isdigit() else 1)
@@ -71,8 +71,9 @@ class Proxy:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._request("call", {"args": args, "kwargs": kwargs})
 
-    def __tg_vjp__(self, primals: tuple, cotangents: tuple) -> Any:
-        return self._request("vjp", {"primals": primals, "cotangents": cotangents})
+    def __tg_vjp__(self, primals: tuple, cotangents: tuple, wrt: Any = None) -> Any:
+        value = {"primals": primals, "cotangents": cotangents}
+        return self._request("vjp", value if wrt is None else {**value, "wrt": list(wrt)})
 
     def __tg_jvp__(self, primals: tuple, tangents: tuple) -> Any:
         return self._request("jvp", {"primals": primals, "tangents": tangents})
@@ -107,6 +108,8 @@ class Proxy:
                 raise StudentError(
                     f"{self._path} returned something that is not data ({msg.error})", WRONG_TYPE
                 )
+            if msg.kind == "check_failed":  # a check of testing's that runs next to the code
+                raise StudentError(f"{self._path}: {msg.error}", CHECK_FAILED)
             if msg.kind == "bad_request":
                 raise StudentError(f"{self._path} could not be called: {msg.error}", NOT_DEFINED)
             raise StudentError(f"{self._path} raised {msg.error}", RAISED)
