@@ -187,6 +187,7 @@ def test_remote_functions_compose_like_local_ones_and_the_judge_counts(use):
     got = fn(handle)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     assert p.calls == local.calls, (judge.evals, local.calls)  # counted by the judge, the same
+    assert p.pushforwards == local.pushforwards, (judge.evals, local.pushforwards)  # forward mode
     assert judge.evals  # every value came from the judge
 
 
@@ -300,6 +301,10 @@ def test_remote_evaluations_are_bounded():
         protocol.parse_spec(["vjp", spec, 1])
     assert protocol.spec_is_call(("vmap", ("vmap", ("f",), (0,)), (None,)))
     assert not protocol.spec_is_call(("vmap", ("vjp", ("f",), 1), (None, 0)))
+    assert protocol.spec_is_pushforward(("vmap", ("jvp", ("f",), 1), (None, 0)))
+    assert protocol.spec_is_pushforward(("jvp", ("vmap", ("f",), (0,)), 1))
+    assert not protocol.spec_is_pushforward(("jvp", ("vjp", ("f",), 1), 2))  # forward over reverse
+    assert not protocol.spec_is_pushforward(("vmap", ("vjp", ("f",), 1), (None, 0)))
 
 
 # --- failure classes -----------------------------------------------------------------------------

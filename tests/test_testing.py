@@ -115,6 +115,26 @@ def test_jvp_matches_jacobian():
     tg.assert_close(jt, torch.cos(A @ x) * (A @ t))
 
 
+def test_portable_counts_the_calls_that_were_forward_mode_passes():
+    import torch.autograd.forward_ad as fwad
+
+    A, x = tg.randn(3, 4, seed=8), tg.randn(4, seed=9)
+    for how, forward in [
+        (lambda f: torch.func.jacfwd(f)(x), 1),
+        (lambda f: torch.func.jvp(f, (x,), (x,)), 1),
+        (lambda f: torch.func.jacrev(f)(x), 0),
+        (lambda f: f(x.clone().requires_grad_(True)).sum().backward(), 0),
+        (lambda f: torch.func.vmap(torch.func.vjp(f, x)[1])(torch.eye(3, dtype=x.dtype)), 0),
+    ]:
+        f = Portable("sin_of_linear", A=A)
+        how(f)
+        assert (f.calls, f.pushforwards) == (1, forward)
+    f = Portable("sin_of_linear", A=A)
+    with fwad.dual_level():
+        f(fwad.make_dual(x, torch.ones_like(x)))
+    assert f.pushforwards == 1
+
+
 def test_portable_counts_calls_and_rejects_unknown_names():
     f = Portable("matvec", A=torch.eye(2, dtype=torch.float64))
     f(torch.ones(2, dtype=torch.float64))

@@ -28,7 +28,9 @@ def register(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Portable:
-    """A registered function with bound parameters; ``calls`` counts how often it was called."""
+    """A registered function with bound parameters; ``calls`` counts how often it was called,
+    ``pushforwards`` how many of those were forward-mode passes (``torch.func.jvp``, jacfwd,
+    forward-AD dual tensors), so a test can tell which mode of differentiation reached it."""
 
     def __init__(self, name: str, **params: Any):
         if name not in REGISTRY:
@@ -36,13 +38,34 @@ class Portable:
         self.name = name
         self.params = params
         self.calls: float = 0  # NaN where the calls could not be counted (judge/proxy.py)
+        self.pushforwards: float = 0  # counted by the judge too, from what it is asked
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        if _forward_mode(args):
+            self.pushforwards += 1
         return REGISTRY[self.name](*args, **kwargs, **self.params)
 
     def __repr__(self) -> str:
         return f"Portable({self.name!r})"
+
+
+def _forward_mode(args: tuple) -> bool:
+    """Whether a call is a forward-mode pass: under a ``torch.func.jvp`` transform (on functorch's
+    stack of interpreters), or on a forward-AD dual tensor (``torch.autograd.forward_ad``)."""
+    from torch._C._functorch import TransformType, is_functorch_wrapped_tensor
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
+        return True
+    import torch.autograd.forward_ad as fwad
+
+    return any(
+        isinstance(x, torch.Tensor)
+        and not is_functorch_wrapped_tensor(x)
+        and fwad.unpack_dual(x).tangent is not None
+        for x in args
+    )
 
 
 # --- the registry ----------------------------------------------------------------------------------

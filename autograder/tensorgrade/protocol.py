@@ -408,6 +408,15 @@ def parse_spec(x: Any, depth: int = 0) -> tuple:
     raise ProtocolError("malformed remote evaluation")
 
 
+def spec_is_pushforward(spec: tuple) -> bool:
+    """Whether ``spec`` is the function itself pushed forward (possibly vectorised): what a call
+    of it under ``torch.func.jvp`` or on dual tensors is in the student's kernel. The pushforward
+    of a derivative of an earlier call (forward over reverse) is not another such call."""
+    while spec[0] == "vmap":
+        spec = spec[1]
+    return spec[0] == "jvp" and spec_is_call(spec[1])
+
+
 def spec_is_call(spec: tuple) -> bool:
     """Whether ``spec`` evaluates the function itself (possibly vectorised): one call of it, as
     the student's code would count it; derivatives of an earlier call are not calls."""

@@ -102,7 +102,7 @@ class Proxy:
             raise StudentError(f"{self._path}: {e.detail}", e.failure) from None
         finally:
             for p in local:
-                p.calls = math.nan
+                p.calls = p.pushforwards = math.nan
         if isinstance(msg, protocol.Failed):
             if msg.kind == "not_data":
                 raise StudentError(
@@ -163,6 +163,8 @@ def evaluation(msg: protocol.Eval, blob: bytes, lent: dict[int, Portable] | None
         raise wire.WireError("the inputs of an evaluation must be a list of tensors")
     if protocol.spec_is_call(msg.spec):
         p.calls += 1
+    if protocol.spec_is_pushforward(msg.spec):
+        p.pushforwards += 1
     threads = torch.get_num_threads()
     torch.set_num_threads(_EVAL_THREADS)  # the sandbox's share of the cores, not the judge's
     try:
