@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -454,41 +455,44 @@ def make_release(root: Path, assignments: list[Assignment], title: str = "") -> 
     return release
 
 
-def _given_code(master) -> str:
-    """The code a master gives students as it is: its code cells outside solution regions and
-    outside test cells (a line there is public by its author's choice, in whatever assignment)."""
-    tests = {t.cell for t in master_tests(master)}
-    kept, inside = [], False
+def _code_lines(master, skip: frozenset[int] = frozenset()) -> Iterator[tuple[str, str]]:
+    """Each code line of the master outside the cells in ``skip``, as ``(text, where)``: where is
+    ``"region"`` inside ``# BEGIN/END SOLUTION``, ``"marked"`` for a line ending in ``# SOLUTION``
+    (its text without the marker), ``"given"`` otherwise. The region markers are left out."""
+    inside = False
     for i, cell in enumerate(master.cells):
-        if cell.cell_type != "code" or i in tests:
+        if cell.cell_type != "code" or i in skip:
             continue
         for line in cell.source.splitlines():
             s = line.strip()
             if s.endswith("# END SOLUTION"):
                 inside = False
+            elif inside:
+                yield line, "region"
             elif s.endswith("# BEGIN SOLUTION"):
                 inside = True
-            elif not inside and not s.endswith("# SOLUTION"):
-                kept.append(line)
-    return "\n".join(kept)
+            elif s.endswith("# SOLUTION"):
+                yield s[: -len("# SOLUTION")].strip(), "marked"
+            else:
+                yield line, "given"
+
+
+def _given_code(master) -> str:
+    """The code a master gives students as it is: its code cells outside solution regions and
+    outside test cells (a line there is public by its author's choice, in whatever assignment)."""
+    tests = frozenset(t.cell for t in master_tests(master))
+    return "\n".join(line for line, where in _code_lines(master, tests) if where == "given")
 
 
 def _solution_lines(master) -> set[str]:
     """Code lines of the master's solutions: in ``# BEGIN/END SOLUTION`` regions, or ``# SOLUTION``."""
-    lines, inside = set(), False
-    for cell in master.cells:
-        if cell.cell_type != "code":
-            continue
-        for line in cell.source.splitlines():
-            s = line.strip()
-            if s.endswith("# END SOLUTION"):
-                inside = False
-            elif inside and len(s) > 12 and not s.startswith("#"):
-                lines.add(s)
-            elif s.endswith("# BEGIN SOLUTION"):
-                inside = True
-            elif s.endswith("# SOLUTION"):
-                lines.add(s[: -len("# SOLUTION")].strip())
+    lines = set()
+    for line, where in _code_lines(master):
+        s = line.strip()
+        if where == "marked" or (where == "region" and not s.startswith("#")):
+            lines.add(s)
+        elif where == "region" and s.endswith("# SOLUTION"):  # a marked comment in a region
+            lines.add(s[: -len("# SOLUTION")].strip())
     return {s for s in lines if len(s) > 12}
 
 
